@@ -1,0 +1,1 @@
+"""Scaling-law analysis: pure functions over DataFrames and arrays, one MLflow reader."""

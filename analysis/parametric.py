@@ -1,0 +1,156 @@
+"""The parametric law L(F, S) = E + A/F^alpha + B/S^beta, fitted as Chinchilla's Approach 3.
+
+F is the SAE's feature count and S its step count (for language models: parameters N and
+tokens D). The fit minimises, over theta = (a, b, e, alpha, beta) with A = exp(a),
+B = exp(b), E = exp(e),
+
+    sum_i Huber_delta( LSE(a - alpha log F_i, b - beta log S_i, e) - log L_i ),  delta = 1e-3
+
+by L-BFGS-B from every start of a grid (METHOD.md s2; Hoffmann et al. 2022, App. D.2).
+The trap (../shared/fixtures/chinchilla/README.md): scipy's L-BFGS-B stops after ~10
+iterations when the objective is small, because its relative-decrease test `ftol` fires.
+We minimise the sum divided by delta^2 (values of order 1e3 rather than 1e-3), with
+ftol=0 and a small gtol, so it runs until the gradient vanishes; the gradient is
+analytic, which keeps 4500 starts at a few seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.optimize import minimize
+from scipy.special import huber
+
+from sae_core.errors import UserError
+
+HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, App. D.2
+# The Chinchilla initialisation grid (Hoffmann et al. 2022, App. D.2; Epoch AI 2024):
+# 5 x 5 x 5 x 6 x 6 = 4500 starts.
+INIT_GRID: dict[str, tuple[float, ...]] = {
+    "alpha": (0.0, 0.5, 1.0, 1.5, 2.0),
+    "beta": (0.0, 0.5, 1.0, 1.5, 2.0),
+    "e": (-1.0, -0.5, 0.0, 0.5, 1.0),
+    "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+    "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+}
+_OPTIONS = {"ftol": 0.0, "gtol": 1e-10, "maxiter": 2000}
+
+
+@dataclass(frozen=True)
+class ParametricFit:
+    """L(F, S) = E + A F^-alpha + B S^-beta; `objective` is the plain sum of Huber losses."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    objective: float
+    n_runs: int
+
+    def predict(self, n_features: ArrayLike, n_steps: ArrayLike) -> np.ndarray:
+        """Predicted loss at (F, S); broadcasts."""
+        f = np.asarray(n_features, dtype=float)
+        s = np.asarray(n_steps, dtype=float)
+        return self.E + self.A * f**-self.alpha + self.B * s**-self.beta
+
+    @property
+    def a(self) -> float:
+        """Exponent of F_opt in compute: F_opt ∝ C^a with a = beta / (alpha + beta)."""
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def G(self) -> float:
+        """G = (alpha A / (beta B))^(1/(alpha+beta)) (Hoffmann et al. 2022, eq. 4)."""
+        return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+
+    def optimal_allocation(
+        self, compute_flops: ArrayLike, flops_per_feature_step: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(F_opt, S_opt) minimising L at C = k F S, k = flops_per_feature_step.
+
+        k = 12 d batch_size_tokens for an SAE (METHOD.md s2); k = 6 for a language model
+        with F = N parameters and S = D tokens.
+        """
+        units = np.asarray(compute_flops, dtype=float) / flops_per_feature_step
+        f_opt = self.G * units**self.a
+        return f_opt, units / f_opt
+
+    def steps_for_features(self, n_features: ArrayLike) -> np.ndarray:
+        """The S at which the given F is compute-optimal (inverse of the allocation)."""
+        units = (np.asarray(n_features, dtype=float) / self.G) ** (1.0 / self.a)
+        return units / np.asarray(n_features, dtype=float)
+
+    def as_vector(self) -> np.ndarray:
+        """theta = (a, b, e, alpha, beta), the optimiser's coordinates."""
+        return np.array([np.log(self.A), np.log(self.B), np.log(self.E), self.alpha, self.beta])
+
+
+def huber_objective(
+    theta: np.ndarray, log_f: np.ndarray, log_s: np.ndarray, log_loss: np.ndarray,
+    delta: float = HUBER_DELTA,
+) -> tuple[float, np.ndarray]:
+    """Sum of Huber losses of log-loss residuals and its gradient in theta.
+
+    theta: [5] = (a, b, e, alpha, beta); log_f, log_s, log_loss: [n_runs].
+    Returns (objective, gradient [5]).
+    """
+    a, b, e, alpha, beta = theta
+    terms = np.stack([a - alpha * log_f, b - beta * log_s, np.full_like(log_f, e)])  # [3, n]
+    top = terms.max(axis=0)
+    weights = np.exp(terms - top)
+    total = weights.sum(axis=0)
+    residual = top + np.log(total) - log_loss
+    weights /= total  # softmax: d LSE / d term
+    slope = np.clip(residual, -delta, delta)  # d Huber / d residual
+    dw = weights * slope  # [3, n]
+    grad = np.array([
+        dw[0].sum(), dw[1].sum(), dw[2].sum(), -(dw[0] @ log_f), -(dw[1] @ log_s),
+    ])
+    return float(huber(delta, residual).sum()), grad
+
+
+def init_grid(grid: dict[str, tuple[float, ...]] | None = None) -> np.ndarray:
+    """Starts as rows of theta = (a, b, e, alpha, beta): [n_starts, 5]."""
+    g = grid or INIT_GRID
+    return np.array(list(itertools.product(g["a"], g["b"], g["e"], g["alpha"], g["beta"])))
+
+
+def fit_parametric(
+    n_features: ArrayLike,
+    n_steps: ArrayLike,
+    loss: ArrayLike,
+    starts: np.ndarray | None = None,
+    delta: float = HUBER_DELTA,
+) -> ParametricFit:
+    """Fit L(F, S) from every start (default: the 4500-start Chinchilla grid).
+
+    n_features, n_steps, loss: [n_runs]. starts: [n_starts, 5] rows of (a, b, e, alpha, beta).
+    """
+    log_f, log_s, log_loss = (np.log(np.asarray(x, dtype=float)) for x in (n_features, n_steps, loss))
+    if not (np.isfinite(log_f).all() and np.isfinite(log_s).all() and np.isfinite(log_loss).all()):
+        raise UserError("parametric fit needs positive, finite n_features, n_steps and loss")
+    if len(log_loss) < 6:
+        raise UserError(f"parametric fit needs at least 6 runs for 5 parameters, got {len(log_loss)}")
+    if len(np.unique(log_f)) < 2 or len(np.unique(log_s)) < 2:
+        raise UserError("parametric fit needs at least 2 distinct n_features and 2 distinct n_steps")
+    starts = init_grid() if starts is None else np.atleast_2d(starts)
+    scale = 1.0 / delta**2  # keeps the objective far above 1: see the module docstring
+
+    def scaled(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = huber_objective(theta, log_f, log_s, log_loss, delta)
+        return value * scale, grad * scale
+
+    best_value, best_theta = np.inf, starts[0]
+    for start in starts:
+        result = minimize(scaled, start, jac=True, method="L-BFGS-B", options=_OPTIONS)
+        if np.isfinite(result.fun) and result.fun < best_value:
+            best_value, best_theta = float(result.fun), result.x
+    a, b, e, alpha, beta = best_theta
+    return ParametricFit(
+        E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
+        beta=float(beta), objective=best_value / scale, n_runs=len(log_loss),
+    )

@@ -1,0 +1,36 @@
+"""The one device and dtype policy (STYLE.md rule 7; README's table).
+
+fp32 master weights and optimizer state everywhere. Matrix products in bf16 autocast on
+CUDA GPUs that support bf16; fp32 on CPU (bf16 matmuls are not faster than fp32 on this
+AVX-512/AMX CPU for these shapes, and fp32 keeps the CPU tests exact).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sae_core.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> the first CUDA device if any, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"device {name!r} is not a torch device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return device
+
+
+def autocast_dtype(policy: str, device: torch.device) -> torch.dtype | None:
+    """The dtype the matrix products run in, or None for plain fp32."""
+    if policy == "off":
+        return None
+    if policy == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None

@@ -1,0 +1,51 @@
+"""`monoscale`: one entry point; each area registers its own subcommands.
+
+    cache, train              sae_core/cli.py
+    analyze, plan, plan-lr    analysis/cli.py
+    submit, resume, status,   sweeps/commands.py
+    ui, demo
+
+Each area adds its parsers with `add_commands(subparsers)` and imports heavy modules
+(torch, ray, mlflow) inside its handlers, so `monoscale --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from sae_core.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from analysis import cli as analysis_cli
+    from sae_core import cli as core_cli
+    from sweeps import commands as sweep_cli
+
+    parser = argparse.ArgumentParser(
+        prog="monoscale",
+        description="Plan sparse-autoencoder training with scaling laws.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    core_cli.add_commands(sub)
+    sweep_cli.add_commands(sub)
+    analysis_cli.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"monoscale {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"monoscale {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
