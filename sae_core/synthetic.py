@@ -38,9 +38,9 @@ class PlantedDictionary:
 
     def __post_init__(self) -> None:
         for name in ("d_in", "n_true_features"):
-            if getattr(self, name) <= 0:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 < self.l0 < self.n_true_features:
+        if not isinstance(self.l0, int | float) or not 0 < self.l0 < self.n_true_features:
             raise UserError(f"l0 must lie in (0, n_true_features={self.n_true_features}), "
                             f"got {self.l0}")
         if self.zipf_exponent < 0 or self.noise_std < 0:
