@@ -19,7 +19,7 @@ from sae_core.errors import UserError
 # Fields that say *where* or *how fast* a run executes, not *what* it computes: they
 # stay out of the run key, so the same grid point on another machine is the same run.
 _EXECUTION_FIELDS = frozenset(
-    {"device", "autocast", "checkpoint_every_steps", "eval_every_steps", "cache_dir"}
+    {"device", "autocast", "num_threads", "checkpoint_every_steps", "eval_every_steps", "cache_dir"}
 )
 
 
@@ -53,6 +53,10 @@ class RunConfig:
     checkpoint_every_steps: int = 0  # 0: about every 60 s of training
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     autocast: str = "auto"  # "auto" (bf16 on GPUs that support it) | "bf16" | "off"
+    # CPU threads for torch; 0 leaves torch's default. A Ray trial sets it to its CPU
+    # share: two 2-thread trials on 2 busy cores ran a small step 10-100x slower than
+    # one thread each (OpenMP spin-waits; measured here).
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
         for name in ("d_in", "n_features", "n_steps", "batch_size_tokens", "eval_n_tokens"):

@@ -1,0 +1,67 @@
+"""One training run from an activation cache to files on disk (docs/CONTRACTS.md).
+
+    out_dir/checkpoint/      trainer state while the run is unfinished (removed at the end)
+    out_dir/sae.safetensors  W_enc [d, F], b_enc [F], W_dec [F, d], b_dec [d]
+    out_dir/cfg.json         RunConfig + norm_scale + SAELens fields
+    out_dir/metrics.json     the final held-out metrics
+
+This is what `monoscale train` and every sweep trial call.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from sae_core import checkpoint
+from sae_core.cache import ActivationCache, CacheError
+from sae_core.config import RunConfig
+from sae_core.device import resolve_device
+from sae_core.trainer import MetricsLogger, train
+
+
+def open_cache_for(cfg: RunConfig, verify: str = "size") -> ActivationCache:
+    """Open cfg.cache_dir and check that it fits cfg, before any compute."""
+    cache = ActivationCache.open(cfg.cache_dir, verify=verify)
+    if cache.d_in != cfg.d_in:
+        raise CacheError(
+            f"cache {cfg.cache_dir} holds d={cache.d_in} activations, the config asks for "
+            f"d_in={cfg.d_in}"
+        )
+    return cache
+
+
+def run_from_cache(
+    cfg: RunConfig,
+    out_dir: Path,
+    logger: MetricsLogger | None = None,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
+    verify: str = "size",
+) -> dict[str, float]:
+    """Train cfg on its cache, resuming from out_dir/checkpoint if present; return the
+    final held-out metrics (loss, mse, l1_penalty, l0, explained_variance, dead_fraction,
+    compute_flops, n_tokens, tokens_per_s, step)."""
+    cache = open_cache_for(cfg, verify)
+    device = resolve_device(cfg.device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    eval_x = cache.eval_tokens(cfg.eval_n_tokens, device=device)
+
+    def make_batches(start_step: int):
+        return cache.train_batches(cfg.batch_size_tokens, cfg.seed, start_step, device)
+
+    result = train(
+        cfg,
+        make_batches,
+        eval_x,
+        logger=logger,
+        checkpoint_dir=out_dir / "checkpoint",
+        on_checkpoint=on_checkpoint,
+    )
+    checkpoint.save_weights(out_dir / "sae.safetensors", result.sae)
+    cfg_json = checkpoint.sae_lens_cfg(cfg.to_dict(), cache.norm_scale, cache.meta.get("source", {}))
+    checkpoint.write_json(out_dir / "cfg.json", cfg_json)
+    checkpoint.write_json(out_dir / "metrics.json", result.metrics)
+    shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+    return result.metrics

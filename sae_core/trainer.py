@@ -1,0 +1,140 @@
+"""The training loop: a plain function, linear top to bottom (STYLE.md rule 2).
+
+It takes a RunConfig, a factory of batch iterators and a logger, and does not know where
+batches come from. A run killed at any point resumes from its checkpoint to the same
+result: the data order is a function of (seed, step) and the checkpoint holds the
+weights, Adam's state, the step and the dead-feature counters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+import torch
+
+from sae_core import checkpoint
+from sae_core.config import RunConfig
+from sae_core.device import autocast_dtype, resolve_device
+from sae_core.errors import UserError
+from sae_core.evaluate import evaluate
+from sae_core.model import SAE
+from sae_core.schedule import l1_factor, lr_factor
+from sae_core.step import compute_gradients
+
+BatchFactory = Callable[[int], Iterator[torch.Tensor]]  # start step -> batches [B, d]
+
+
+class MetricsLogger(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class DivergedError(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainResult(NamedTuple):
+    sae: SAE
+    metrics: dict[str, float]  # final held-out metrics, see evaluate()
+
+
+def train(
+    cfg: RunConfig,
+    make_batches: BatchFactory,
+    eval_x: torch.Tensor,
+    logger: MetricsLogger | None = None,
+    checkpoint_dir: Path | None = None,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
+) -> TrainResult:
+    """Train one SAE for cfg.n_steps steps; eval_x [N, d] is held-out, normalised data."""
+    device = resolve_device(cfg.device)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    mm_dtype = autocast_dtype(cfg.autocast, device)
+    sae = SAE.init(
+        cfg.d_in,
+        cfg.n_features,
+        cfg.init_decoder_norm,
+        torch.Generator().manual_seed(cfg.seed),
+    ).to(device)
+    optimizer = torch.optim.Adam(
+        sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=0.0
+    )
+    # Tokens since each feature last fired: dead = silent for the whole window
+    # (10^7 tokens in the paper), or for every token seen when fewer.
+    tokens_since_fired = torch.zeros(cfg.n_features, dtype=torch.int64, device=device)
+    start_step = 0
+    if checkpoint_dir is not None and checkpoint.exists(checkpoint_dir):
+        state = checkpoint.load(checkpoint_dir, sae, optimizer, map_location=device)
+        start_step = state.step
+        tokens_since_fired = state.tokens_since_fired.to(device)
+
+    eval_every = cfg.eval_every_steps or max(1, cfg.n_steps // 10)
+    checkpoint_every_s = 60.0
+    last_checkpoint_t = time.perf_counter()
+    train_time_s = 0.0
+    batches = make_batches(start_step)
+    for step in range(start_step, cfg.n_steps):
+        t0 = time.perf_counter()
+        x = next(batches).to(device, non_blocking=True)
+        lr = cfg.lr * lr_factor(step, cfg.n_steps, cfg.decay_start_step)
+        l1 = cfg.l1_coefficient * l1_factor(step, cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        stats = compute_gradients(sae, x, l1, mm_dtype)
+        loss = stats.loss.item()
+        if not math.isfinite(loss):
+            raise DivergedError(
+                f"loss became {loss} at step {step} (lr={lr:.3g}, λ={l1:.3g}); "
+                f"last good checkpoint kept in {checkpoint_dir}"
+            )
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
+        optimizer.step()
+        tokens_since_fired += x.shape[0]
+        tokens_since_fired.masked_fill_(stats.fired, 0)
+        train_time_s += time.perf_counter() - t0
+
+        done = step + 1
+        if logger is not None and (done % eval_every == 0 or done == cfg.n_steps):
+            window = min(cfg.dead_window_tokens, done * cfg.batch_size_tokens)
+            logger.log(
+                {
+                    "train/loss": loss,
+                    "train/mse": stats.mse.item(),
+                    "train/l1_penalty": stats.l1_penalty.item(),
+                    "train/l0": _batch_l0(sae, x),
+                    "train/dead_fraction": (tokens_since_fired >= window).float().mean().item(),
+                    "lr": lr,
+                    "l1_coefficient": l1,
+                    "compute_flops": done / cfg.n_steps * cfg.compute_flops,
+                },
+                step=done,
+            )
+        due = cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
+        timely = not cfg.checkpoint_every_steps and time.perf_counter() - last_checkpoint_t > checkpoint_every_s
+        if checkpoint_dir is not None and done < cfg.n_steps and (due or timely):
+            checkpoint.save(checkpoint_dir, sae, optimizer, done, tokens_since_fired)
+            last_checkpoint_t = time.perf_counter()
+            if on_checkpoint is not None:
+                on_checkpoint(checkpoint_dir, done)
+
+    window = min(cfg.dead_window_tokens, cfg.n_tokens)
+    metrics = evaluate(sae, eval_x, cfg.l1_coefficient, mm_dtype)
+    metrics["dead_fraction"] = (tokens_since_fired >= window).float().mean().item()
+    metrics["compute_flops"] = cfg.compute_flops
+    metrics["n_tokens"] = float(cfg.n_tokens)
+    steps_run = cfg.n_steps - start_step
+    metrics["tokens_per_s"] = steps_run * cfg.batch_size_tokens / max(train_time_s, 1e-9)
+    metrics["step"] = float(cfg.n_steps)
+    if logger is not None:
+        logger.log(metrics, step=cfg.n_steps)
+    return TrainResult(sae, metrics)
+
+
+@torch.no_grad()
+def _batch_l0(sae: SAE, x: torch.Tensor) -> float:
+    """Mean active features per token on this batch, after the step."""
+    return (sae.encode(x) > 0).sum(-1).float().mean().item()
