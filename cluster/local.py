@@ -1,0 +1,90 @@
+"""Start a local Ray, or join a running cluster by address, from the sweep driver.
+
+Local: this machine's CPUs and GPUs given explicitly, a small object store (trials get
+the cache's path, never its bytes, so the store only carries configs), no dashboard,
+bound to 127.0.0.1. Ray's gRPC ports still listen on every interface (ECOSYSTEM.md):
+on a shared host, firewall them.
+
+Join: `--address HOST:PORT` (the GCS address `ray start --head` prints, default port
+6379), `auto` (the latest cluster `ray start` made on this machine) or `ray://HOST:PORT`
+(Ray Client). The address is probed with a short TCP connect first, so an unreachable
+one fails in seconds with its name, before any MLflow run exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import ray
+
+from sae_core.errors import UserError
+
+OBJECT_STORE_BYTES = 150 * 2**20  # Ray's minimum is 75 MB; the default takes 30% of RAM
+PROBE_TIMEOUT_S = 3.0
+DEFAULT_GCS_PORT = 6379  # `ray start --head` default
+
+
+@dataclass
+class RaySession:
+    address: str
+    started_here: bool  # a Ray this process started is shut down with it
+
+    def close(self) -> None:
+        if self.started_here and ray.is_initialized():
+            ray.shutdown()
+
+
+def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise UserError unless something accepts TCP connections at `address`."""
+    if address == "auto":
+        return  # resolved by ray.init from this machine's session files
+    host_port = address.removeprefix("ray://")
+    host, _, port = host_port.rpartition(":")
+    if not host:
+        host, port = host_port, str(DEFAULT_GCS_PORT)
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise UserError(f"Ray address {address!r} is not HOST:PORT") from None
+    try:
+        with socket.create_connection((host, port_number), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise UserError(f"Ray cluster at {address} is unreachable ({err}); start it with "
+                        "`ray start --head` or check --address") from None
+
+
+def local_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def connect(address: str | None = None, num_cpus: int | None = None,
+            num_gpus: int | None = None) -> RaySession:
+    """Join `address`, or start a local Ray sized to this machine. A Ray already
+    initialised in this process (tests, notebooks) is reused and left running."""
+    if ray.is_initialized():
+        return RaySession(ray.get_runtime_context().gcs_address, started_here=False)
+    # Keep Ray's console quiet: the sweep prints its own progress.
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        probe(address)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError) as err:
+            raise UserError(f"cannot join the Ray cluster at {address}: {err}") from None
+        return RaySession(address, started_here=True)
+    ray.init(
+        address="local",  # never join a cluster `ray start` left running by accident
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        num_gpus=local_gpu_count() if num_gpus is None else num_gpus,
+        object_store_memory=OBJECT_STORE_BYTES,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        **quiet,
+    )
+    return RaySession(ray.get_runtime_context().gcs_address, started_here=True)

@@ -1,0 +1,82 @@
+"""The sweep's activation cache: built from `cache.build` when missing, then verified.
+
+    cache: {path: caches/smoke, build: {synthetic: {d_in: 64, n_true_features: 256,
+                                                     n_tokens: 200000}}}
+    cache: {path: ../caches/minilm, build: {model: {model: minilm, corpus: stdlib,
+                                                     n_tokens: 2500000}}}
+
+`synthetic:` takes sae_core.synthetic.PlantedDictionary's fields plus n_tokens and dtype;
+`model:` takes sae_core.activations.build_model_cache's arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from sae_core.cache import ActivationCache
+from sweeps.spec import SweepSpec
+from sweeps.spec_values import SpecError, check_keys, check_mapping
+
+
+def prepare_cache(spec: SweepSpec, build: bool = True, verify: str = "full"
+                  ) -> ActivationCache:
+    """Open the spec's cache with a full checksum (once, on the driver; trials then check
+    sizes only), building it first when it is missing and the spec says how."""
+    path = spec.cache.path
+    if not (path / "meta.json").exists():
+        if spec.cache.build is None:
+            raise SpecError(f"cache.path: no activation cache at {path}, and the spec has no "
+                            "cache.build to make one (build it with `monoscale cache`)")
+        if not build:
+            raise SpecError(f"cache.path: no activation cache at {path} yet (submit builds it)")
+        print(f"[{spec.name}] building the activation cache at {path}", file=sys.stderr)
+        _build(spec.cache.build, spec)
+    return ActivationCache.open(path, verify=verify)
+
+
+def planned_d_in(spec: SweepSpec) -> int:
+    """d_in without building anything (for --dry-run): from the cache's meta.json, else
+    from the build instructions."""
+    from sae_core.cache import read_meta
+
+    if (spec.cache.path / "meta.json").exists():
+        return int(read_meta(spec.cache.path)["d_in"])
+    build = spec.cache.build or {}
+    if "synthetic" in build:
+        from sae_core.synthetic import PlantedDictionary
+
+        return int(build["synthetic"].get("d_in", PlantedDictionary.d_in))
+    if "model" in build:
+        from sae_core import activations
+
+        model_d_in = getattr(activations, "model_d_in", None)
+        if model_d_in is not None:
+            return int(model_d_in(build["model"].get("model", "minilm")))
+    raise SpecError(f"cache.path: no activation cache at {spec.cache.path} yet, so its d_in "
+                    "is unknown: build it first (`monoscale submit` or `monoscale cache`)")
+
+
+def _build(build: Mapping[str, Any], spec: SweepSpec) -> None:
+    check_keys(build, "cache.build.", ("synthetic", "model"))
+    if len(build) != 1:
+        raise SpecError("cache.build: give exactly one of synthetic, model")
+    (kind, params), = build.items()
+    check_mapping(params, f"cache.build.{kind}")
+    if kind == "synthetic":
+        from sae_core.synthetic import PlantedDictionary, build_synthetic_cache
+
+        known = [f.name for f in dataclasses.fields(PlantedDictionary)] + ["n_tokens", "dtype"]
+        check_keys(params, "cache.build.synthetic.", known, required=("n_tokens",))
+        kwargs = dict(params)
+        n_tokens, dtype = kwargs.pop("n_tokens"), kwargs.pop("dtype", "float32")
+        build_synthetic_cache(spec.cache.path, PlantedDictionary(**kwargs), n_tokens, dtype)
+    else:
+        from sae_core.activations import build_model_cache
+
+        known = [p for p in inspect.signature(build_model_cache).parameters if p != "out_dir"]
+        check_keys(params, "cache.build.model.", known)
+        build_model_cache(spec.cache.path, **params)

@@ -1,0 +1,109 @@
+"""`monoscale submit | resume | status | ui | demo`: sweeps from the command line.
+
+Heavy imports (ray, mlflow, torch) happen inside the handlers, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DEMO_SPEC = Path(__file__).with_name("demo.yaml")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    for name, help_text in (
+        ("submit", "run a sweep spec on Ray Tune, every run logged in MLflow"),
+        ("resume", "run what a sweep has not finished (the same as submitting it again)"),
+    ):
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("spec", help="sweep spec YAML (e.g. sweeps/smoke.yaml)")
+        _where(cmd)
+        cmd.add_argument("--address", help="join this Ray cluster (HOST:PORT, auto or "
+                         "ray://HOST:PORT) instead of starting Ray locally")
+        if name == "submit":
+            cmd.add_argument("--dry-run", action="store_true",
+                             help="print the grid points and their compute; run nothing")
+        cmd.set_defaults(func=_submit)
+
+    demo = sub.add_parser("demo", help="stage 1 of the method on the embedded MiniLM cache "
+                          f"(submit {DEMO_SPEC.name})")
+    _where(demo)
+    demo.add_argument("--address", help="join this Ray cluster instead of starting one")
+    demo.add_argument("--dry-run", action="store_true")
+    demo.set_defaults(func=_submit, spec=str(DEMO_SPEC))
+
+    status = sub.add_parser("status", help="a sweep's grid points, states and final losses")
+    status.add_argument("spec")
+    _where(status)
+    status.set_defaults(func=_status)
+
+    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over a sweep's store")
+    ui.add_argument("spec", nargs="?", help="sweep spec (for its experiment's address)")
+    _where(ui)
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=_ui)
+
+
+def _where(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--storage", metavar="DIR", help="where the MLflow store, Tune "
+                     "experiments and run outputs live (default: ./.monoscale)")
+    cmd.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: "
+                     "sqlite:///<storage>/mlflow.db)")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from sweeps.cache_setup import planned_d_in
+    from sweeps.driver import Where, format_table, submit
+    from sweeps.spec import expand, load_spec
+
+    spec = load_spec(args.spec)
+    where = Where.resolve(args.storage, args.tracking_uri)
+    if getattr(args, "dry_run", False):
+        configs = expand(spec, planned_d_in(spec))  # builds nothing
+        print(format_table(configs))
+        total = sum(c.compute_flops for c in configs)
+        search = (f" x {spec.search.n_trials} lr trials (TPE over [{spec.search.low:g}, "
+                  f"{spec.search.high:g}])" if spec.search else "")
+        print(f"{len(configs)} grid points{search}, total compute {total:.3e} FLOPs"
+              f"{' per lr trial' if spec.search else ''}")
+        return 0
+    return submit(spec, where, args.address)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from sweeps.driver import Where, status
+    from sweeps.spec import load_spec
+
+    print(status(load_spec(args.spec), Where.resolve(args.storage, args.tracking_uri)))
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from sweeps import tracking
+    from sweeps.driver import Where
+    from sweeps.spec import load_spec
+
+    where = Where.resolve(args.storage, args.tracking_uri)
+    if where.tracking_uri.startswith(("http://", "https://")):
+        print(f"the sweep logs to a server already: {where.tracking_uri}")
+        return 0
+    address = f"http://127.0.0.1:{args.port}"
+    if args.spec:
+        target = tracking.find_sweep(where.tracking_uri, load_spec(args.spec).name)
+        if target is not None:
+            address += f"/#/experiments/{target.experiment_id}"
+    # One worker and no job runner: 2 processes and 0.5 GB instead of 15 and 2.5 GB
+    # (ECOSYSTEM.md).
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+               where.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port),
+               "--workers", "1"]
+    print(f"MLflow UI: {address}  (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,161 @@
+"""The sweep driver: spec -> checks -> cache -> Ray -> MLflow parent run -> trials -> audit.
+
+Order matters: every check that can fail on bad input (spec, tracking URI, Ray address,
+cache) runs before the first MLflow run is created or the first trial starts.
+
+Where things live (`--storage DIR`, default `./.monoscale` under the working directory):
+
+    DIR/mlflow.db                 the default tracking store (sqlite)
+    DIR/mlartifacts/<sweep>/      artifacts of the sweep's experiment
+    DIR/tune/<sweep>/             Ray Tune's experiment (restored after a killed driver)
+    DIR/runs/<sweep>/<run_key>/   each run's out_dir: checkpoint/, sae.safetensors, cfg.json
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sae_core.config import RunConfig
+from sae_core.errors import UserError
+from sweeps import tracking
+from sweeps.cache_setup import prepare_cache
+from sweeps.spec import SweepSpec, expand
+
+DEFAULT_STORAGE = ".monoscale"
+
+
+@dataclass(frozen=True)
+class Where:
+    storage_dir: Path
+    tracking_uri: str
+
+    @classmethod
+    def resolve(cls, storage: str | None, tracking_uri: str | None) -> Where:
+        storage_dir = Path(storage or DEFAULT_STORAGE).resolve()
+        return cls(storage_dir, tracking_uri or tracking.default_tracking_uri(storage_dir))
+
+    @property
+    def artifact_root(self) -> Path | None:
+        """Local stores get an explicit artifact root; a server manages its own."""
+        return None if self.tracking_uri.startswith(("http://", "https://")) else (
+            self.storage_dir / "mlartifacts")
+
+
+def plan(spec: SweepSpec, build: bool = True, verify: str = "full") -> list[RunConfig]:
+    """The grid points, from the spec and the (built and verified) cache's d_in."""
+    return expand(spec, prepare_cache(spec, build=build, verify=verify).d_in)
+
+
+def format_table(configs: list[RunConfig], states: dict[str, dict] | None = None) -> str:
+    head = f"{'run_key':16}  {'n_features':>10}  {'n_steps':>7}  {'lr':>8}  {'seed':>4}  "
+    head += f"{'compute_flops':>13}" + (f"  {'state':9}  {'loss':>10}" if states is not None
+                                        else "")
+    lines = [head]
+    for c in configs:
+        line = (f"{c.run_key:16}  {c.n_features:>10}  {c.n_steps:>7}  {c.lr:>8.2e}  "
+                f"{c.seed:>4}  {c.compute_flops:>13.3e}")
+        if states is not None:
+            state = states.get(c.run_key, {"state": "-", "loss": None})
+            loss = f"{state['loss']:.5g}" if state["loss"] is not None else "-"
+            line += f"  {state['state']:9}  {loss:>10}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def submit(spec: SweepSpec, where: Where, address: str | None = None) -> int:
+    """Run every grid point that has no FINISHED run yet. Returns 0 when all have one."""
+    from cluster.local import connect, probe
+    from sweeps.tune_runner import FAIL_ONCE_ENV, TrialContext, TuneOptions, run_grid
+
+    tracking.check_tracking_uri(where.tracking_uri)
+    if address:
+        probe(address)
+    configs = plan(spec)
+    ray_session = connect(address)
+    try:
+        target = tracking.open_sweep(where.tracking_uri, spec.name, spec.stage,
+                                     where.artifact_root, spec.path)
+        runs = tracking.child_runs(target)
+        n_killed = tracking.mark_killed(target, runs, "left running by a driver that died")
+        best = tracking.best_run_per_key(runs)
+        todo = [c for c in configs if _state(best, c.run_key) != "FINISHED"]
+        print(f"[{spec.name}] {len(configs)} grid points: {len(configs) - len(todo)} "
+              f"finished, {len(todo)} to run" + (f" ({n_killed} interrupted runs marked "
+                                                 "KILLED)" if n_killed else ""), flush=True)
+        ctx = TrialContext(
+            target=target, configs={c.run_key: c.to_dict() for c in configs},
+            runs_dir=str(where.storage_dir / "runs" / spec.name),
+            log_weights=spec.log_weights,
+            fail_once_after_checkpoint=bool(os.environ.get(FAIL_ONCE_ENV)))
+        options = TuneOptions(where.storage_dir, Path(ctx.runs_dir))
+        if spec.search is not None:
+            _search(spec, configs, target, ctx, options)
+            return 0
+        if todo:
+            run_grid(spec, todo, ctx, options)
+        return audit(spec, configs, target)
+    finally:
+        ray_session.close()
+
+
+def _search(spec: SweepSpec, points: list[RunConfig], target: tracking.TrackingTarget,
+            ctx: object, options: object) -> None:
+    from sweeps.tune_runner import run_search
+
+    assert spec.search is not None
+    finished = [r for r in tracking.child_runs(target) if r.info.status == "FINISHED"]
+    for point in points:
+        done = [(float(r.data.params["lr"]), r.data.metrics["loss"]) for r in finished
+                if r.data.params.get("n_features") == str(point.n_features)
+                and r.data.params.get("n_steps") == str(point.n_steps)
+                and r.data.params.get("seed") == str(point.seed) and "loss" in r.data.metrics]
+        left = spec.search.n_trials - len(done)
+        print(f"[{spec.name}] F={point.n_features} steps={point.n_steps}: {len(done)} lr "
+              f"trials finished, {max(0, left)} to run", flush=True)
+        if left > 0:
+            run_search(spec, point, left, done, ctx, options)  # type: ignore[arg-type]
+
+
+def _state(best: dict, key: str) -> str:
+    return best[key].info.status if key in best else "MISSING"
+
+
+def audit(spec: SweepSpec, configs: list[RunConfig], target: tracking.TrackingTarget) -> int:
+    """Check that every grid point has exactly one FINISHED run; say which do not."""
+    runs = tracking.child_runs(target)
+    finished: dict[str, int] = {}
+    for run in runs:
+        if run.info.status == "FINISHED":
+            key = run.data.tags.get(tracking.TAG_KEY, "")
+            finished[key] = finished.get(key, 0) + 1
+    best = tracking.best_run_per_key(runs)
+    missing = [c for c in configs if c.run_key not in finished]
+    doubled = [k for k, n in finished.items() if n > 1]
+    for c in missing:
+        run = best.get(c.run_key)
+        why = (f"{run.info.status}: {run.data.tags.get(tracking.TAG_FAILURE, '')}" if run
+               else "never ran")
+        print(f"[{spec.name}] not finished: {c.run_key} F={c.n_features} "
+              f"steps={c.n_steps} lr={c.lr:g} ({why})", flush=True)
+    if doubled:
+        print(f"[{spec.name}] more than one FINISHED run for: {', '.join(doubled)}")
+    print(f"[{spec.name}] {len(configs) - len(missing)}/{len(configs)} grid points "
+          f"finished; MLflow: {target.uri}, experiment {target.experiment_id}", flush=True)
+    return 1 if missing or doubled else 0
+
+
+def status(spec: SweepSpec, where: Where) -> str:
+    """The grid points with their state and final loss, read from MLflow."""
+    tracking.check_tracking_uri(where.tracking_uri)
+    try:
+        configs = plan(spec, build=False, verify="size")
+    except UserError:  # no cache yet: show what MLflow holds
+        configs = []
+    target = tracking.find_sweep(where.tracking_uri, spec.name)
+    best = tracking.best_run_per_key(tracking.child_runs(target)) if target else {}
+    states = {k: tracking.run_summary(r) for k, r in best.items()}
+    if not configs:
+        return "\n".join(f"{k}  {s['state']:9}  {s['loss']}" for k, s in states.items())
+    return format_table(configs, states)

@@ -1,0 +1,277 @@
+"""Sweep specs: a YAML file -> a frozen `SweepSpec` -> a list of `RunConfig`s.
+
+    name: demo                                  # names the MLflow experiment and Tune dir
+    stage: 1                                    # METHOD.md section 2 (tag only)
+    cache: {path: caches/minilm, build: {...}}  # path relative to this file; build optional
+    base: {lr: 1e-3, batch_size_tokens: 512}    # RunConfig fields common to every point
+    grid: {n_features: [256, 512], n_steps: {logspace: [250, 2000], num: 4}, seed: [0]}
+    points: [{n_features: 1024, n_steps: 500}]  # or: explicit (F, steps) pairs
+    isoflop: {compute_flops: [1e12, 4e12], n_features: [256, 1024]}  # or: steps from budgets
+    search: {axis: lr, range: [1e-4, 1e-2], n_trials: 8}   # optional Optuna TPE over log lr
+    resources: {cpu: 1, gpu: 0}                 # per trial; fractional GPUs pack trials
+    max_concurrent_trials: 2
+    max_failures: 2                             # Tune retries of a crashed trial
+    log_weights: false                          # sae.safetensors as an MLflow artifact
+
+Validation is strict: an unknown key, a wrong type, an empty axis or a non-positive size
+or rate is a UserError naming the field path (`grid.n_features[2]`).
+`expand(spec, d_in)` is pure: the same spec gives the same configs in the same order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from sae_core.config import RunConfig
+from sweeps.spec_values import (
+    SpecError,
+    check_keys,
+    check_mapping,
+    parse_axis,
+    parse_number,
+    parse_run_field,
+    read_yaml,
+)
+
+# RunConfig fields a spec may not set: they come from the cache and the axes.
+_RESERVED = frozenset({"cache_dir", "d_in"})
+_RUN_FIELDS = {f.name: f.type for f in fields(RunConfig) if f.name not in _RESERVED}
+_SIZE_AXES = ("n_features", "n_steps")
+_TOP_KEYS = ("name", "stage", "cache", "base", "grid", "points", "isoflop", "search",
+             "resources", "max_concurrent_trials", "max_failures", "log_weights")
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    path: Path  # absolute
+    build: Mapping[str, Any] | None  # how to build it when missing (sae_core's builders)
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0  # fractional: 0.25 packs four trials on one GPU (ECOSYSTEM.md)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """Optuna TPE over one axis on a log scale, `n_trials` samples per grid point."""
+
+    axis: str
+    low: float
+    high: float
+    n_trials: int
+
+
+@dataclass(frozen=True)
+class IsoflopSpec:
+    compute_flops: tuple[float, ...]
+    n_features: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    path: Path  # the spec file, absolute
+    cache: CacheSpec
+    base: Mapping[str, Any]
+    axes: tuple[tuple[str, tuple[Any, ...]], ...]  # grid axes other than the (F, steps) ones
+    sizes: tuple[tuple[int, int], ...] | None  # explicit (F, steps) pairs; None with isoflop
+    isoflop: IsoflopSpec | None
+    search: SearchSpec | None
+    resources: Resources
+    stage: int = 1
+    max_concurrent_trials: int = 2
+    max_failures: int = 2
+    log_weights: bool = False
+
+    @property
+    def batch_size_tokens(self) -> int:
+        return int(self.base.get("batch_size_tokens", RunConfig.batch_size_tokens))
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a spec file. Relative paths in it are relative to its directory."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise SpecError(f"no sweep spec at {path}")
+    return parse_spec(read_yaml(path), path)
+
+
+def parse_spec(data: Any, path: Path) -> SweepSpec:
+    check_mapping(data, "spec")
+    check_keys(data, "", _TOP_KEYS, required=("name", "cache"))
+    name = data["name"]
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise SpecError(f"name: must be letters, digits, '_', '.', '-', got {name!r}")
+
+    cache = data["cache"]
+    check_mapping(cache, "cache")
+    check_keys(cache, "cache.", ("path", "build"), required=("path",))
+    if not isinstance(cache["path"], str) or not cache["path"]:
+        raise SpecError(f"cache.path: must be a path, got {cache['path']!r}")
+    build = cache.get("build")
+    if build is not None:
+        check_mapping(build, "cache.build")
+    cache_spec = CacheSpec(path=(path.parent / cache["path"]).resolve(),
+                           build=MappingProxyType(dict(build)) if build else None)
+
+    base = data.get("base") or {}
+    check_mapping(base, "base")
+    for key, value in base.items():
+        if key not in _RUN_FIELDS:
+            raise SpecError(f"base.{key}: not a RunConfig field "
+                            f"(known: {', '.join(sorted(_RUN_FIELDS))})")
+        parse_run_field(key, _RUN_FIELDS[key], value, f"base.{key}")
+    for key in _SIZE_AXES:
+        if key in base:
+            raise SpecError(f"base.{key}: set it on an axis (grid, points or isoflop)")
+
+    grid = data.get("grid") or {}
+    check_mapping(grid, "grid")
+    axes: dict[str, tuple[Any, ...]] = {}
+    for key, value in grid.items():
+        if key not in _RUN_FIELDS:
+            raise SpecError(f"grid.{key}: not a RunConfig field")
+        if key in base:
+            raise SpecError(f"grid.{key}: also set in base; set it in one place")
+        axes[key] = parse_axis(key, _RUN_FIELDS[key], value, f"grid.{key}")
+
+    sizes, isoflop = _parse_sizes(data, axes)
+    search = _parse_search(data.get("search"), axes)
+    return SweepSpec(
+        name=name, path=path, cache=cache_spec, base=MappingProxyType(dict(base)),
+        axes=tuple((k, v) for k, v in axes.items() if k not in _SIZE_AXES),
+        sizes=sizes, isoflop=isoflop, search=search,
+        resources=_parse_resources(data.get("resources") or {}),
+        stage=_positive_int(data.get("stage", 1), "stage"),
+        max_concurrent_trials=_positive_int(data.get("max_concurrent_trials", 2),
+                                            "max_concurrent_trials"),
+        max_failures=_non_negative_int(data.get("max_failures", 2), "max_failures"),
+        log_weights=_bool(data.get("log_weights", False), "log_weights"),
+    )
+
+
+def _parse_sizes(data: Mapping[str, Any], axes: dict[str, tuple[Any, ...]]
+                 ) -> tuple[tuple[tuple[int, int], ...] | None, IsoflopSpec | None]:
+    """The (F, steps) pairs: a cross product, explicit points, or IsoFLOP budgets."""
+    given = [k for k in ("points", "isoflop") if k in data]
+    on_grid = [k for k in _SIZE_AXES if k in axes]
+    if len(given) > 1 or (given and on_grid):
+        raise SpecError(f"{' and '.join(given + ['grid.' + k for k in on_grid])}: give the "
+                        "sizes one way only (grid axes, points or isoflop)")
+    if "points" in data:
+        points = data["points"]
+        if not isinstance(points, list) or not points:
+            raise SpecError("points: must be a non-empty list of {n_features, n_steps}")
+        pairs = []
+        for i, point in enumerate(points):
+            check_mapping(point, f"points[{i}]")
+            check_keys(point, f"points[{i}].", _SIZE_AXES, required=_SIZE_AXES)
+            pairs.append(tuple(parse_run_field(k, "int", point[k], f"points[{i}].{k}")
+                               for k in _SIZE_AXES))
+        return tuple(pairs), None  # type: ignore[arg-type]
+    if "isoflop" in data:
+        iso = data["isoflop"]
+        check_mapping(iso, "isoflop")
+        keys = ("compute_flops", "n_features")
+        check_keys(iso, "isoflop.", keys, required=keys)
+        return None, IsoflopSpec(
+            compute_flops=parse_axis("compute_flops", "float", iso["compute_flops"],
+                                     "isoflop.compute_flops"),
+            n_features=parse_axis("n_features", "int", iso["n_features"],
+                                  "isoflop.n_features"))
+    missing = [k for k in _SIZE_AXES if k not in axes]
+    if missing:
+        raise SpecError(f"grid.{missing[0]}: missing (or give points: or isoflop:)")
+    return tuple(itertools.product(axes["n_features"], axes["n_steps"])), None
+
+
+def _parse_search(search: Any, axes: dict[str, tuple[Any, ...]]) -> SearchSpec | None:
+    if search is None:
+        return None
+    check_mapping(search, "search")
+    check_keys(search, "search.", ("axis", "range", "n_trials"), required=("range", "n_trials"))
+    axis = search.get("axis", "lr")
+    if axis != "lr":  # TPE over log LR is the one search METHOD.md's stage 2 needs
+        raise SpecError(f"search.axis: only 'lr' can be searched, got {axis!r}")
+    if axis in axes:
+        raise SpecError(f"search.axis: {axis} is also a grid axis; remove grid.{axis}")
+    bounds = search["range"]
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise SpecError(f"search.range: must be [low, high], got {bounds!r}")
+    low = parse_number(bounds[0], "search.range[0]")
+    high = parse_number(bounds[1], "search.range[1]")
+    if not low < high:
+        raise SpecError(f"search.range: low must be below high, got {bounds!r}")
+    return SearchSpec(axis, low, high, _positive_int(search["n_trials"], "search.n_trials"))
+
+
+def _parse_resources(res: Any) -> Resources:
+    check_mapping(res, "resources")
+    check_keys(res, "resources.", ("cpu", "gpu"))
+    cpu = parse_number(res.get("cpu", 1), "resources.cpu")
+    gpu = res.get("gpu", 0)
+    if not isinstance(gpu, int | float) or isinstance(gpu, bool) or gpu < 0:
+        raise SpecError(f"resources.gpu: must be a number >= 0, got {gpu!r}")
+    if gpu > 1 and gpu != int(gpu):
+        raise SpecError(f"resources.gpu: above 1 it must be whole, got {gpu!r}")
+    return Resources(cpu=float(cpu), gpu=float(gpu))
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise SpecError(f"{where}: must be a positive integer, got {value!r}")
+    return value
+
+
+def _non_negative_int(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise SpecError(f"{where}: must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}: must be true or false, got {value!r}")
+    return value
+
+
+def size_pairs(spec: SweepSpec, d_in: int) -> list[tuple[int, int]]:
+    """The (F, steps) pairs; IsoFLOP: steps = C / (12 d F batch) rounded (METHOD.md s2)."""
+    if spec.sizes is not None:
+        return list(spec.sizes)
+    assert spec.isoflop is not None
+    pairs = []
+    for budget in spec.isoflop.compute_flops:
+        for n_features in spec.isoflop.n_features:
+            n_steps = round(budget / (12 * d_in * n_features * spec.batch_size_tokens))
+            if n_steps < 1:
+                raise SpecError(f"isoflop: budget {budget:.3g} FLOPs at n_features="
+                                f"{n_features} (d_in={d_in}) gives under one step")
+            pairs.append((n_features, n_steps))
+    return pairs
+
+
+def expand(spec: SweepSpec, d_in: int) -> list[RunConfig]:
+    """Every grid point as a RunConfig, in a stable order, duplicates (same run_key) dropped.
+
+    (F, steps) pairs outermost, then the other axes in the order the spec lists them.
+    With `search`, each point carries base lr; the runner samples lr per trial.
+    """
+    if d_in <= 0:
+        raise SpecError(f"d_in must be positive, got {d_in}")
+    names = [name for name, _ in spec.axes]
+    configs: dict[str, RunConfig] = {}
+    for n_features, n_steps in size_pairs(spec, d_in):
+        for values in itertools.product(*(v for _, v in spec.axes)):
+            cfg = RunConfig(cache_dir=str(spec.cache.path), d_in=d_in, n_features=n_features,
+                            n_steps=n_steps, **{**spec.base, **dict(zip(names, values, strict=True))})
+            configs.setdefault(cfg.run_key, cfg)
+    return list(configs.values())

@@ -1,0 +1,225 @@
+"""Ray Tune and Optuna, and only here: grid points become Tune trials.
+
+Each trial receives one grid point's RunConfig (by run_key) and a small `TrialContext`,
+opens its own MLflow child run (trial.py), trains with `run_from_cache`, and reports
+its checkpoints to Tune so that a retried trial resumes from the last one.
+
+Idempotence does not rest on Tune's state: MLflow is the record. A grid point with a
+FINISHED child run is never run again (the driver leaves it out; a restored trial that
+finds it returns at once). Tune's experiment is restored (`Tuner.restore`) only after a
+driver died mid-fit; otherwise each submit starts a fresh experiment over what is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from sae_core.config import RunConfig
+from sweeps.progress import SweepProgress
+from sweeps.spec import SweepSpec
+from sweeps.tracking import ChildRun, TrackingTarget, child_runs, mark_killed
+
+# Test hook: a trial on its first attempt raises right after its first checkpoint, so
+# the tests can see Tune retry it from that checkpoint. Read on the driver.
+FAIL_ONCE_ENV = "MONOSCALE_TEST_FAIL_ONCE_AFTER_CHECKPOINT"
+
+# Trials checkpoint every ~60 s, but test sweeps far more often; Tune's warning about
+# frequent experiment snapshots is noise for us.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+_PROGRESS: SweepProgress | None = None  # the driver's view; see _ProgressCallback
+
+
+class _ProgressCallback(tune.Callback):
+    """Feeds Tune's trial events to the driver's SweepProgress. Stateless on purpose:
+    Tuner.restore unpickles the callbacks of the first fit, and must find this fit's view."""
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if _PROGRESS is not None:
+            _PROGRESS.start(_key(trial))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if _PROGRESS is None:
+            return
+        result = trial.last_result or {}
+        if result.get("diverged"):
+            _PROGRESS.fail(_key(trial), "diverged")
+        else:
+            _PROGRESS.finish(_key(trial), result.get("loss"),
+                             "already finished" if result.get("skipped") else "")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if _PROGRESS is not None:
+            _PROGRESS.fail(_key(trial), "error after retries (see the MLflow run's "
+                           "monoscale.failure tag)")
+
+
+def _key(trial: Any) -> str:
+    config = trial.config
+    if "run_key" in config:
+        return str(config["run_key"])
+    return f"{config.get('point_key', '?')} lr={config.get('lr', 0.0):.3g}"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares; small, goes through Ray's object store."""
+
+    target: TrackingTarget
+    configs: dict[str, dict[str, Any]]  # run_key -> RunConfig.to_dict()
+    runs_dir: str
+    log_weights: bool = False
+    fail_once_after_checkpoint: bool = False
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """One Tune trial: one attempt at one grid point, logged to its own MLflow run."""
+    from sae_core.run import run_from_cache
+    from sae_core.trainer import DivergedError
+
+    if "run_key" in config:
+        cfg = RunConfig.from_dict(ctx.configs[config["run_key"]])
+    else:  # a search trial: the point's config at the sampled lr
+        cfg = RunConfig.from_dict(ctx.configs[config["point_key"]]).replace(lr=config["lr"])
+    earlier = child_runs(ctx.target, cfg.run_key)
+    finished = [r for r in earlier if r.info.status == "FINISHED"]
+    if finished:  # a restored Tune trial whose run a previous driver saw finish
+        tune.report({"loss": finished[0].data.metrics.get("loss", float("nan")),
+                     "skipped": 1.0})
+        return
+    # Only this trial runs this grid point now: a RUNNING run of it is a dead attempt.
+    mark_killed(ctx.target, earlier, "left running by an earlier attempt that died")
+    out_dir = Path(ctx.runs_dir) / cfg.run_key
+    resumed_from_step = _restore_checkpoint(tune.get_checkpoint(), out_dir)
+    run = ChildRun(ctx.target, cfg, resumed_from_step)
+
+    def on_checkpoint(path: Path, step: int) -> None:
+        stage = out_dir / "tune_checkpoint"
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.copytree(path, stage / "checkpoint")
+        (stage / "step.json").write_text(json.dumps({"step": step}))
+        (out_dir / "checkpoint_step.json").write_text(json.dumps({"step": step}))
+        run.metrics.flush()
+        tune.report({"step": step}, checkpoint=tune.Checkpoint.from_directory(str(stage)))
+        shutil.rmtree(stage, ignore_errors=True)  # Tune has persisted its copy
+        if ctx.fail_once_after_checkpoint and resumed_from_step == 0:
+            raise RuntimeError(f"{FAIL_ONCE_ENV}: failing once after step {step}")
+
+    try:
+        metrics = run_from_cache(cfg, out_dir, run.metrics, on_checkpoint)
+    except DivergedError as err:  # deterministic: a retry would diverge again
+        run.fail(f"diverged: {err}")
+        tune.report({"diverged": 1.0})
+        return
+    except BaseException as err:
+        run.fail(f"{type(err).__name__}: {err}")
+        raise
+    weights = [out_dir / "sae.safetensors"] if ctx.log_weights else []
+    run.finish([out_dir / "cfg.json", out_dir / "metrics.json", *weights])
+    tune.report(metrics)
+
+
+def _restore_checkpoint(checkpoint: tune.Checkpoint | None, out_dir: Path) -> int:
+    """Put Tune's checkpoint (a retried trial) into out_dir/checkpoint, where
+    run_from_cache resumes from; without one, a local checkpoint left by a killed driver
+    serves. Returns the step resumed from (0: from scratch)."""
+    step_file = out_dir / "checkpoint_step.json"
+    if checkpoint is not None:
+        with checkpoint.as_directory() as staged:
+            shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+            shutil.copytree(Path(staged) / "checkpoint", out_dir / "checkpoint")
+            shutil.copy(Path(staged) / "step.json", step_file)
+    if (out_dir / "checkpoint").is_dir() and step_file.exists():
+        return int(json.loads(step_file.read_text())["step"])
+    return 0
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    storage_dir: Path  # Tune experiments live in storage_dir/tune/<sweep name>
+    runs_dir: Path  # out_dir of each run: runs_dir/<run_key>
+
+
+def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
+             options: TuneOptions) -> None:
+    """Run the `todo` grid points as Tune trials, restoring an interrupted experiment."""
+    global _PROGRESS
+    _PROGRESS = SweepProgress(spec.name, {c.run_key: c.compute_flops for c in todo})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    root = options.storage_dir / "tune"
+    path, manifest = root / spec.name, root / f"{spec.name}.monoscale.json"
+    keys = [c.run_key for c in todo]
+    previous = json.loads(manifest.read_text()) if manifest.exists() else {"done": True}
+    if (not previous["done"] and set(keys) <= set(previous["keys"]) <= set(ctx.configs)
+            and tune.Tuner.can_restore(str(path))):
+        print(f"[{spec.name}] resuming the interrupted Tune experiment at {path}",
+              file=_PROGRESS.out, flush=True)
+        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)  # a finished or stale experiment
+        root.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps({"keys": keys, "done": False}))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"run_key": tune.grid_search(keys)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=spec.max_concurrent_trials,
+                reuse_actors=True,  # 20 short trials: 21-32 s without, 8 s with (ECOSYSTEM)
+            ),
+            run_config=_run_config(spec, root),
+        )
+    tuner.fit()
+    manifest.write_text(json.dumps({"keys": keys, "done": True}))
+
+
+def run_search(spec: SweepSpec, point: RunConfig, n_trials: int,
+               finished: list[tuple[float, float]], ctx: TrialContext,
+               options: TuneOptions) -> None:
+    """Optuna TPE over log lr at one (F, steps) point; `finished` (lr, loss) pairs from
+    earlier submits seed the sampler, so a re-submit only adds the missing trials."""
+    from optuna.samplers import TPESampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    global _PROGRESS
+    assert spec.search is not None
+    _PROGRESS = SweepProgress(f"{spec.name} {point.run_key}",
+                              {f"{point.run_key}#{i}": point.compute_flops
+                               for i in range(n_trials)})
+    searcher = OptunaSearch(
+        metric="loss", mode="min", sampler=TPESampler(seed=point.seed),
+        points_to_evaluate=[{"lr": lr} for lr, _ in finished] or None,
+        evaluated_rewards=[loss for _, loss in finished] or None,
+    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    root = options.storage_dir / "tune"
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"point_key": point.run_key,
+                     "lr": tune.loguniform(spec.search.low, spec.search.high)},
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials,
+                                    max_concurrent_trials=spec.max_concurrent_trials,
+                                    reuse_actors=True),
+        run_config=_run_config(spec, root, name=f"{spec.name}-search-{point.run_key}"),
+    )
+    shutil.rmtree(root / f"{spec.name}-search-{point.run_key}", ignore_errors=True)
+    tuner.fit()
+
+
+def _run_config(spec: SweepSpec, root: Path, name: str | None = None) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name or spec.name,
+        storage_path=str(root),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[_ProgressCallback()],
+        verbose=0,  # the sweep prints its own progress lines
+    )

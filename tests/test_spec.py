@@ -1,0 +1,151 @@
+"""Sweep specs: validation names the bad field; expansion is pure and gives known grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sae_core.errors import UserError
+from sweeps.spec import expand, load_spec
+
+D_IN = 64
+
+
+def write_spec(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+name: t
+cache: {path: caches/t}
+base: {lr: 1e-3, batch_size_tokens: 256}
+"""
+
+
+def test_cross_product_in_stable_order_with_relative_cache(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, BASE + """
+grid:
+  n_features: [128, 256]
+  n_steps: [10, 20, 40]
+  seed: [0, 1]
+"""))
+    configs = expand(spec, D_IN)
+    assert len(configs) == 2 * 3 * 2
+    assert [(c.n_features, c.n_steps, c.seed) for c in configs[:3]] == [
+        (128, 10, 0), (128, 10, 1), (128, 20, 0)]
+    assert all(c.lr == 1e-3 and c.batch_size_tokens == 256 for c in configs)  # 1e-3 a float
+    assert configs[0].cache_dir == str((tmp_path / "caches/t").resolve())
+    assert len({c.run_key for c in configs}) == 12
+    # pure: a second load and expansion gives the same keys in the same order
+    again = expand(load_spec(tmp_path / "spec.yaml"), D_IN)
+    assert [c.run_key for c in again] == [c.run_key for c in configs]
+    assert configs[5].compute_flops == 12 * D_IN * 128 * configs[5].n_steps * 256
+
+
+def test_logspace_axis_rounds_int_fields(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, BASE.replace("base: {lr: 1e-3, ", "base: {") + """
+grid:
+  n_features: {logspace: [256, 4096], num: 5}
+  n_steps: [100]
+  lr: {logspace: [1e-4, 1e-2], num: 3}
+"""))
+    configs = expand(spec, D_IN)
+    assert sorted({c.n_features for c in configs}) == [256, 512, 1024, 2048, 4096]
+    assert sorted({c.lr for c in configs}) == [1e-4, 1e-3, 1e-2]
+
+
+def test_points_and_isoflop_sizes(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, BASE + """
+points:
+  - {n_features: 1024, n_steps: 500}
+  - {n_features: 256, n_steps: 50}
+grid: {seed: [0, 1]}
+"""))
+    assert [(c.n_features, c.n_steps, c.seed) for c in expand(spec, D_IN)] == [
+        (1024, 500, 0), (1024, 500, 1), (256, 50, 0), (256, 50, 1)]
+
+    budget = 12 * D_IN * 512 * 256 * 100  # exactly 100 steps at F=512
+    spec = load_spec(write_spec(tmp_path, BASE + f"""
+isoflop:
+  compute_flops: [{budget:.6e}]
+  n_features: [256, 512, 1024]
+"""))
+    configs = expand(spec, D_IN)
+    assert [(c.n_features, c.n_steps) for c in configs] == [(256, 200), (512, 100), (1024, 50)]
+    assert all(c.compute_flops == pytest.approx(budget) for c in configs)
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ("grid: {n_features: [128, 256, -4], n_steps: [10]}", "grid.n_features[2]"),
+    ("grid: {n_features: [128], n_steps: []}", "grid.n_steps"),
+    ("grid: {n_features: [128], n_steps: [10], lrr: [1e-3]}", "grid.lrr"),
+    ("grid: {n_features: [128], n_steps: ['10']}", "grid.n_steps[0]"),
+    ("grid: {n_features: [128.5], n_steps: [10]}", "grid.n_features[0]"),
+    ("grid: {n_features: [128], n_steps: [10], init_decoder_norm: [0.0]}",
+     "grid.init_decoder_norm[0]"),
+    ("grid: {n_features: [128], n_steps: [10], lr: [1e-2]}", "grid.lr"),
+    ("grid: {n_features: [128]}", "grid.n_steps"),
+    ("grid: {n_features: [128], n_steps: [10]}\nbogus: 1", "bogus"),
+    ("grid: {n_features: [128], n_steps: [10]}\nresources: {cpu: 0}", "resources.cpu"),
+    ("grid: {n_features: [128], n_steps: [10]}\nresources: {gpus: 1}", "resources.gpus"),
+    ("grid: {n_features: [128], n_steps: [10]}\nmax_concurrent_trials: 0",
+     "max_concurrent_trials"),
+    ("grid: {n_features: {logspace: [0, 10], num: 3}, n_steps: [10]}",
+     "grid.n_features.logspace[0]"),
+    ("points: [{n_features: 1, n_steps: 0}]", "points[0].n_steps"),
+    ("isoflop: {compute_flops: [1e9], n_features: [64], n_steps: [1]}", "isoflop.n_steps"),
+    ("points: [{n_features: 1, n_steps: 1}]\ngrid: {n_features: [2]}",
+     "points and grid.n_features"),
+    ("grid: {n_features: [128], n_steps: [10]}\nsearch: {axis: n_steps, range: [1, 2], "
+     "n_trials: 3}", "search.axis"),
+])
+def test_bad_specs_name_the_field(tmp_path: Path, extra: str, field: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_spec(write_spec(tmp_path, BASE + extra))
+    assert str(info.value).startswith(field + ":"), str(info.value)
+
+
+def test_bad_base_and_cache(tmp_path: Path) -> None:
+    grid = "grid: {n_features: [128], n_steps: [10]}\n"
+    for text, field in [
+        (BASE.replace("batch_size_tokens: 256", "batch_size_tokens: -1") + grid,
+         "base.batch_size_tokens"),
+        (BASE.replace("lr: 1e-3", "learning_rate: 1e-3") + grid, "base.learning_rate"),
+        (BASE.replace("lr: 1e-3", "d_in: 3") + grid, "base.d_in"),
+        ("name: t\ncache: {}\n" + grid, "cache.path"),
+        ("name: t\ncache: {path: c, recipe: 1}\n" + grid, "cache.recipe"),
+        ("name: 'a b'\ncache: {path: c}\n" + grid, "name"),
+    ]:
+        with pytest.raises(UserError, match=f"^{field}:"):
+            load_spec(write_spec(tmp_path, text))
+
+
+def test_isoflop_budget_too_small_is_an_error(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, BASE + "isoflop: {compute_flops: [10], "
+                                "n_features: [64]}"))
+    with pytest.raises(UserError, match="isoflop"):
+        expand(spec, D_IN)
+
+
+def test_search_spec(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, BASE.replace("lr: 1e-3, ", "") + """
+points: [{n_features: 128, n_steps: 10}]
+search: {range: [1e-4, 1e-2], n_trials: 4}
+"""))
+    assert spec.search is not None
+    assert (spec.search.axis, spec.search.low, spec.search.high, spec.search.n_trials) == (
+        "lr", 1e-4, 1e-2, 4)
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "demo.yaml"])
+def test_shipped_specs_load(name: str) -> None:
+    path = Path(__file__).parents[1] / "sweeps" / name
+    spec = load_spec(path)
+    d_in = 384 if name == "demo.yaml" else yaml.safe_load(path.read_text())["cache"][
+        "build"]["synthetic"]["d_in"]
+    configs = expand(spec, d_in)
+    assert (6 <= len(configs) <= 8) if name == "smoke.yaml" else len(configs) == 12
