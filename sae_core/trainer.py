@@ -100,13 +100,15 @@ def train(
         done = step + 1
         if logger is not None and (done % eval_every == 0 or done == cfg.n_steps):
             window = min(cfg.dead_window_tokens, done * cfg.batch_size_tokens)
+            # Held-out metrics on one batch of eval tokens: about a third of a step.
+            held_out = evaluate(sae, eval_x[: cfg.batch_size_tokens], cfg.l1_coefficient, mm_dtype)
             logger.log(
                 {
                     "train/loss": loss,
                     "train/mse": stats.mse.item(),
                     "train/l1_penalty": stats.l1_penalty.item(),
-                    "train/l0": _batch_l0(sae, x),
                     "train/dead_fraction": (tokens_since_fired >= window).float().mean().item(),
+                    **{f"eval/{name}": value for name, value in held_out.items()},
                     "lr": lr,
                     "l1_coefficient": l1,
                     "compute_flops": done / cfg.n_steps * cfg.compute_flops,
@@ -133,8 +135,3 @@ def train(
         logger.log(metrics, step=cfg.n_steps)
     return TrainResult(sae, metrics)
 
-
-@torch.no_grad()
-def _batch_l0(sae: SAE, x: torch.Tensor) -> float:
-    """Mean active features per token on this batch, after the step."""
-    return (sae.encode(x) > 0).sum(-1).float().mean().item()
