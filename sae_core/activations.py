@@ -50,13 +50,22 @@ def _source(model: str) -> tuple[str, dict[str, Any]]:
     return str(path), kwargs
 
 
-def n_model_layers(model: str) -> int:
-    """Number of transformer blocks, from the model's config alone (no weights loaded)."""
+def _config(model: str) -> Any:
     path, kwargs = _source(model)
     try:
-        return int(transformers.AutoConfig.from_pretrained(path, **kwargs).num_hidden_layers)
-    except (OSError, ValueError, AttributeError) as err:
+        return transformers.AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
         raise UserError(f"cannot load model {model!r}: {str(err).splitlines()[0]}") from None
+
+
+def n_model_layers(model: str) -> int:
+    """Number of transformer blocks, from the model's config alone (no weights loaded)."""
+    return int(_config(model).num_hidden_layers)
+
+
+def model_d_in(model: str) -> int:
+    """Residual-stream width d, from the model's config alone."""
+    return int(_config(model).hidden_size)
 
 
 def load_model(model: str, device: str = "cpu") -> tuple[nn.Module, Any]:

@@ -33,9 +33,10 @@ class CacheError(UserError):
 def to_storage(rows: np.ndarray, dtype: str) -> np.ndarray:
     """float rows [n, d] -> the on-disk representation of `dtype`."""
     if dtype == "bfloat16":
-        bf16 = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).bfloat16()
+        bf16 = torch.from_numpy(np.array(rows, dtype=np.float32)).bfloat16()
         return bf16.view(torch.int16).numpy().view(np.uint16)
-    return np.asarray(rows, dtype=STORAGE_DTYPES[dtype])
+    with np.errstate(over="ignore"):  # float16 overflow becomes inf, which the writer refuses
+        return np.asarray(rows, dtype=STORAGE_DTYPES[dtype])
 
 
 def from_storage(rows: np.ndarray, dtype: str) -> torch.Tensor:

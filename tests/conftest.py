@@ -1,0 +1,26 @@
+"""Shared fixtures.
+
+`synthetic_cache`: the path of a small planted-dictionary cache, built once per session
+(d_in=32, 64 true features, L0=4, ~200k train tokens, float32; about 1 s). Its generator
+parameters are in `ActivationCache.open(path).meta["source"]` and the true directions in
+`.true_dictionary()`. Treat it as read-only: copy it before corrupting it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sae_core.synthetic import PlantedDictionary, build_synthetic_cache
+
+SYNTHETIC = PlantedDictionary(d_in=32, n_true_features=64, l0=4.0, zipf_exponent=0.5,
+                              magnitude="uniform", noise_std=0.01, seed=0)
+SYNTHETIC_N_TOKENS = 204_000  # 2% held out: 199,920 train + 4,080 eval
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("synthetic") / "cache"
+    build_synthetic_cache(path, SYNTHETIC, SYNTHETIC_N_TOKENS, dtype="float32")
+    return path
