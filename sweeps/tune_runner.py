@@ -33,6 +33,8 @@ FAIL_ONCE_ENV = "MONOSCALE_TEST_FAIL_ONCE_AFTER_CHECKPOINT"
 # Trials checkpoint every ~60 s, but test sweeps far more often; Tune's warning about
 # frequent experiment snapshots is noise for us.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# The sweep prints its own progress; Tune's console tables and hints only add noise.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 _PROGRESS: SweepProgress | None = None  # the driver's view; see _ProgressCallback
 
