@@ -39,15 +39,16 @@ def to_storage(rows: np.ndarray, dtype: str) -> np.ndarray:
         return np.asarray(rows, dtype=STORAGE_DTYPES[dtype])
 
 
-def from_storage(rows: np.ndarray, dtype: str) -> torch.Tensor:
-    """On-disk rows [n, d] -> float32 tensor [n, d]. Copies read-only (memory-mapped) rows;
-    may share memory with writable float32 ones."""
+def from_storage(rows: np.ndarray, dtype: str, scale: float = 1.0) -> torch.Tensor:
+    """On-disk rows [n, d] -> float32 tensor [n, d] of rows * scale. Copies read-only
+    (memory-mapped) rows; may reuse the memory of writable float32 ones."""
     if not rows.flags.writeable or not rows.flags.c_contiguous:
         rows = np.array(rows)
     tensor = torch.from_numpy(rows)
     if dtype == "bfloat16":
         tensor = tensor.view(torch.int16).view(torch.bfloat16)
-    return tensor.float()
+    tensor = tensor.float()
+    return tensor.mul_(scale) if scale != 1.0 else tensor
 
 
 def sha256_file(path: Path) -> str:
@@ -102,7 +103,7 @@ class ActivationCache:
 
         def make(step: int) -> torch.Tensor:
             rows = read_batch(self._train, batch_size_tokens, seed, step)
-            batch = from_storage(rows, self.dtype).mul_(self.norm_scale)
+            batch = from_storage(rows, self.dtype, self.norm_scale)
             return batch.pin_memory() if device.type == "cuda" else batch
 
         steps = prefetched(make, start_step) if prefetch else map(make, _count(start_step))
@@ -115,10 +116,9 @@ class ActivationCache:
         for shard in self._eval:
             if left <= 0:
                 break
-            parts.append(from_storage(shard[:left], self.dtype))
+            parts.append(from_storage(shard[:left], self.dtype, self.norm_scale))
             left -= parts[-1].shape[0]
-        rows = torch.cat(parts) if parts else torch.empty(0, self.d_in)
-        return rows.mul_(self.norm_scale).to(device)
+        return (torch.cat(parts) if parts else torch.empty(0, self.d_in)).to(device)
 
     def true_dictionary(self) -> torch.Tensor | None:
         """Synthetic caches: the planted feature directions [n_true_features, d_in], unit

@@ -10,6 +10,7 @@ same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 import numpy as np
+import torch
 
 # 256 rows (192 KiB at d=384 fp16) per contiguous read: a 4096-token batch mixes 16 blocks,
 # so batches are recombined every epoch, and reads stay sequential (ECOSYSTEM.md: random
@@ -64,13 +66,18 @@ def read_batch(shards: list[np.ndarray], batch_size_tokens: int, seed: int,
 def prefetched(make: Callable[[int], T], start: int) -> Iterator[T]:
     """make(start), make(start + 1), ... computed one item ahead in a daemon thread.
 
-    numpy copies and torch ops release the GIL, so the read overlaps the training step.
-    The thread stops when the generator is closed or garbage-collected.
+    numpy copies and torch ops release the GIL, so the read overlaps the training step. The thread stops
+    when the generator is closed or garbage-collected, or at interpreter exit.
     """
     items: queue.Queue[T | BaseException] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
     def work() -> None:
+        # One intra-op thread for this thread only (the setting is per thread): on a busy
+        # 2-core machine, converting a 4096x384 fp16 batch took ~2 ms this way against
+        # ~20 ms waiting for a second pool thread (measured here), and it leaves the
+        # trainer's threads alone.
+        torch.set_num_threads(1)
         step = start
         while not stop.is_set():
             try:
@@ -87,7 +94,9 @@ def prefetched(make: Callable[[int], T], start: int) -> Iterator[T]:
                 return
             step += 1
 
-    threading.Thread(target=work, daemon=True, name="cache-prefetch").start()
+    thread = threading.Thread(target=work, daemon=True, name="cache-prefetch")
+    _running.add((stop, thread))
+    thread.start()
     try:
         while True:
             item = items.get()
@@ -96,3 +105,17 @@ def prefetched(make: Callable[[int], T], start: int) -> Iterator[T]:
             yield item
     finally:
         stop.set()
+        _running.discard((stop, thread))
+
+
+_running: set[tuple[threading.Event, threading.Thread]] = set()
+
+
+@atexit.register
+def _stop_prefetchers() -> None:
+    """A daemon thread still inside a torch/numpy call when the interpreter exits aborts
+    the process ("terminate called without an active exception", seen here): stop them."""
+    for stop, _ in list(_running):
+        stop.set()
+    for _, thread in list(_running):
+        thread.join(timeout=5)

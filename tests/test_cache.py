@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +210,15 @@ def test_safetensors_import_by_name(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "c1" / "meta.json").read_text())
     assert meta["source"]["tensor"] == "acts"
     assert meta["source"]["kind"] == "array"
+
+
+def test_prefetch_thread_stops_when_the_iterator_is_closed(synthetic_cache: Path) -> None:
+    cache = ActivationCache.open(synthetic_cache)
+    batches = cache.train_batches(1024, seed=0)
+    take(batches, 2)
+    assert any(t.name == "cache-prefetch" for t in threading.enumerate())
+    batches.close()
+    deadline = time.monotonic() + 5
+    while any(t.name == "cache-prefetch" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the prefetch thread outlived its iterator"
+        time.sleep(0.01)
