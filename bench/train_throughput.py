@@ -1,0 +1,261 @@
+"""Training-step throughput: ours vs SAELens vs the matmul floor, one JSON line on stdout.
+
+    python bench/train_throughput.py [--quick] [--device cuda] [--reps 3] [--l0 64]
+
+For each (d, F) in {384, 768} x {4096, 16384} at batch 4096 tokens (issue 2):
+- ours: one trainer step as sae_core/trainer.py runs it (compute_gradients, grad-norm
+  clip 1.0, Adam), on a sparse state (L0 ≈ --l0, measured and reported) and on the
+  step-0 state (L0 ≈ F/2, the dense regime of the first steps);
+- floor: the six matrix products of a dense step run alone (x W_enc, f W_dec, fᵀ g_x̂,
+  g_x̂ W_decᵀ, xᵀ g_pre, g_pre W_encᵀ);
+- saelens: SAELens's standard ReLU SAE and `SAETrainer.step` (autograd, clip, Adam) on
+  the same weights and batch, in its own virtualenv (bench/_saelens_step.py).
+The machine is shared and noisy: repetitions of the four are interleaved and the
+medians reported, so the ratios compare like with like. Also reported: MiniLM activation
+generation tokens/s, and the cache reader's wait per batch as a fraction of a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from _data_side import activation_generation, cache_wait
+from _states import initial_sae, normalised_batch, sparse_sae
+from safetensors.torch import save_file
+
+from sae_core.model import SAE
+from sae_core.step import compute_gradients
+
+SHAPES = [(384, 4096), (384, 16384), (768, 4096), (768, 16384)]
+SAELENS_PYTHON = Path(os.environ.get("SAELENS_PYTHON", "/work/.venvs/saelens/bin/python"))
+HELPER = Path(__file__).with_name("_saelens_step.py")
+L1 = 5.0  # METHOD.md section 1
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    sync(device)
+    started = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - started
+
+
+class OurStep:
+    """One step of sae_core/trainer.py's loop on a fixed batch, timed in two parts."""
+
+    def __init__(self, sae: SAE, x: torch.Tensor, mm_dtype: torch.dtype | None) -> None:
+        self.sae, self.x, self.mm_dtype = sae, x, mm_dtype
+        # lr 1e-6: the weights, so the sparsity being timed, hardly move between reps.
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=1e-6, betas=(0.9, 0.999))
+        self.grad_s: list[float] = []
+        self.step_s: list[float] = []
+
+    def __call__(self) -> None:
+        device = self.x.device
+        sync(device)
+        started = time.perf_counter()
+        stats = compute_gradients(self.sae, self.x, L1, self.mm_dtype)
+        stats.loss.item()  # the trainer checks the loss every step
+        sync(device)
+        grads_done = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(self.sae.parameters(), 1.0)
+        self.optimizer.step()
+        sync(device)
+        self.grad_s.append(grads_done - started)
+        self.step_s.append(time.perf_counter() - started)
+
+    def l0(self) -> float:
+        with torch.no_grad():
+            return self.sae.encode(self.x).gt(0).sum(1).float().mean().item()
+
+
+def floor_products(x: torch.Tensor, sae: SAE, mm_dtype: torch.dtype | None
+                   ) -> Callable[[], None]:
+    """The six products of a dense step on operands of the step's shapes and dtype."""
+    dtype = mm_dtype or x.dtype
+    xm, w_enc, w_dec = x.to(dtype), sae.W_enc.detach().to(dtype), sae.W_dec.detach().to(dtype)
+    f = torch.rand(x.shape[0], w_enc.shape[1], device=x.device, dtype=dtype)  # [B, F]
+    g_xhat = torch.randn_like(xm)  # [B, d]
+    g_pre = torch.rand_like(f)  # [B, F]
+
+    def run() -> None:
+        xm @ w_enc, f @ w_dec, f.T @ g_xhat, g_xhat @ w_dec.T, xm.T @ g_pre, g_pre @ w_enc.T
+
+    return run
+
+
+class SaeLens:
+    """The helper subprocess in SAELens's virtualenv, asked one JSON line at a time."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([str(SAELENS_PYTHON), str(HELPER)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def ask(self, request: dict[str, object]) -> dict[str, object]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the SAELens helper exited; see its stderr above")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def bench_shape(d_in: int, n_features: int, batch: int, args: argparse.Namespace,
+                saelens: SaeLens | None, workdir: Path) -> dict[str, object]:
+    device = torch.device(args.device)
+    mm_dtype = torch.bfloat16 if device.type == "cuda" else None
+    gen = torch.Generator().manual_seed(0)
+    calibration = normalised_batch(batch, d_in, gen)
+    x = normalised_batch(batch, d_in, gen)
+    sparse = sparse_sae(d_in, n_features, args.l0, gen, calibration)
+    dense = initial_sae(d_in, n_features, gen)
+    ours_sparse = OurStep(sparse.to(device), x.to(device), mm_dtype)
+    ours_dense = OurStep(dense.to(device), x.to(device), mm_dtype)
+    floor = floor_products(x.to(device), sparse, mm_dtype)
+    l0_sparse, l0_dense = ours_sparse.l0(), ours_dense.l0()
+
+    runs: dict[str, Callable[[], float]] = {
+        "ours": lambda: timed(ours_sparse, device),
+        "ours_dense": lambda: timed(ours_dense, device),
+        "floor": lambda: timed(floor, device),
+    }
+    saelens_l0 = None
+    if saelens is not None:
+        state_file = workdir / f"state_{d_in}_{n_features}.safetensors"
+        save_file({**{k: v.detach().contiguous() for k, v in sparse.state_dict().items()},
+                   "x": x}, str(state_file))
+        saelens.ask({"load": str(state_file)})
+        runs["saelens"] = lambda: float(saelens.ask({"n_steps": 1})["seconds"][0])  # type: ignore[index]
+    for run in runs.values():  # warm-up: allocations, Adam state, thread pools
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for rep in range(args.reps):  # interleaved, so that load changes hit all alike
+        for name, run in runs.items():
+            times[name].append(run())
+        log(f"d={d_in} F={n_features} rep {rep + 1}/{args.reps}: "
+            + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()))
+    if saelens is not None:
+        saelens_l0 = saelens.ask({"n_steps": 1})["l0"]
+
+    def tps(seconds: list[float]) -> float:
+        return batch / statistics.median(seconds)
+
+    ours_tps, floor_tps = tps(times["ours"]), tps(times["floor"])
+    row: dict[str, object] = {
+        "d_in": d_in, "n_features": n_features,
+        "l0": round(l0_sparse, 1),
+        "ours_tokens_per_s": round(ours_tps),
+        "ours_grad_only_tokens_per_s": round(tps(ours_sparse.grad_s[1:])),
+        "floor_tokens_per_s": round(floor_tps),
+        "ours_over_floor": round(ours_tps / floor_tps, 2),
+        "dense_l0": round(l0_dense, 1),
+        "ours_dense_tokens_per_s": round(tps(times["ours_dense"])),
+        "ours_dense_over_floor": round(tps(times["ours_dense"]) / floor_tps, 2),
+        "ours_l0_after": round(ours_sparse.l0(), 1),
+    }
+    if saelens is not None:
+        saelens_tps = tps(times["saelens"])
+        row.update(saelens_tokens_per_s=round(saelens_tps), saelens_l0=saelens_l0,
+                   ours_over_saelens=round(ours_tps / saelens_tps, 2),
+                   ours_dense_over_saelens=round(tps(times["ours_dense"]) / saelens_tps, 2))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one small shape, 1 rep (smoke test)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 products)")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved timed repetitions")
+    parser.add_argument("--l0", type=float, default=64.0,
+                        help="target L0 of the sparse state (ECOSYSTEM.md measured 4-18 of 512 "
+                             "on MiniLM; the paper's bar is < 300)")
+    parser.add_argument("--batch-size-tokens", type=int, default=4096)
+    parser.add_argument("--no-saelens", action="store_true")
+    parser.add_argument("--activation-tokens", type=int, default=20_000)
+    args = parser.parse_args()
+    shapes = [(128, 1024)] if args.quick else SHAPES
+    if args.quick:
+        args.reps, args.activation_tokens = 1, 2_000
+    started = time.perf_counter()
+    saelens = None
+    if not args.no_saelens and args.device == "cpu":  # its venv has the CPU torch build
+        if SAELENS_PYTHON.exists():
+            saelens = SaeLens()
+        else:
+            log(f"no SAELens virtualenv at {SAELENS_PYTHON}; see bench/README.md")
+    report: dict[str, object] = {
+        "device": args.device, "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "batch_size_tokens": args.batch_size_tokens,
+        "matmul_dtype": "bfloat16" if args.device.startswith("cuda") else "float32",
+        "reps": args.reps, "statistic": "median of interleaved reps",
+        "ours": "compute_gradients + clip_grad_norm_(1.0) + Adam.step, at L0 = l0",
+        "ours_dense": "the same at step 0 (init, biases 0), L0 = dense_l0",
+        "floor": "the six dense matmuls of a step, alone",
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="monoscale-bench-") as tmp:
+            rows = []
+            for d_in, n_features in shapes:
+                log(f"shape d={d_in} F={n_features}")
+                rows.append(bench_shape(d_in, n_features, args.batch_size_tokens, args,
+                                        saelens, Path(tmp)))
+            report["shapes"] = rows
+    finally:
+        if saelens is not None:
+            saelens.close()
+    report["cache_reader"] = cache_reader(args)
+    log("activation generation (MiniLM middle layer)")
+    report["activation_generation"] = activation_generation(args.activation_tokens)
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(report), flush=True)
+
+
+def cache_reader(args: argparse.Namespace) -> dict[str, object]:
+    """The reader against the shortest step benchmarked (the strictest case)."""
+    d_in, n_features = min(SHAPES if not args.quick else [(128, 1024)],
+                           key=lambda s: s[0] * s[1])
+    log(f"cache reader wait at d={d_in} F={n_features}")
+    gen = torch.Generator().manual_seed(1)
+    batch = args.batch_size_tokens
+    sae = sparse_sae(d_in, n_features, args.l0, gen, normalised_batch(batch, d_in, gen))
+    device = torch.device(args.device)
+    mm_dtype = torch.bfloat16 if device.type == "cuda" else None
+    optimizer = torch.optim.Adam(sae.to(device).parameters(), lr=1e-6)
+
+    def step(x: torch.Tensor) -> None:
+        compute_gradients(sae, x.to(device), L1, mm_dtype).loss.item()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        optimizer.step()
+
+    return cache_wait(step, d_in, batch, n_steps=3 if args.quick else 8)
+
+
+if __name__ == "__main__":
+    main()
