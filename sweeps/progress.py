@@ -39,6 +39,11 @@ class SweepProgress:
         self.settled_flops += self._flops(key)
         self._end(key, f"loss {loss:.4g}" if loss is not None else note)
 
+    def skip(self, key: str) -> None:
+        """A restored trial whose grid point an earlier driver saw finish: not counted."""
+        self.running.pop(key, None)
+        print(f"{self.summary()}  | {key}: already finished", file=self.out, flush=True)
+
     def fail(self, key: str, reason: str) -> None:
         self.failed.append(key)
         self.settled_flops += self._flops(key)

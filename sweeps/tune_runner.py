@@ -53,9 +53,10 @@ class _ProgressCallback(tune.Callback):
         result = trial.last_result or {}
         if result.get("diverged"):
             _PROGRESS.fail(_key(trial), "diverged")
+        elif result.get("skipped"):
+            _PROGRESS.skip(_key(trial))
         else:
-            _PROGRESS.finish(_key(trial), result.get("loss"),
-                             "already finished" if result.get("skipped") else "")
+            _PROGRESS.finish(_key(trial), result.get("loss"))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if _PROGRESS is not None:

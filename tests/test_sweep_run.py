@@ -6,6 +6,11 @@ One local Ray (2 CPUs, small object store) serves the whole module; the driver r
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -85,31 +90,74 @@ def test_sweep_logs_every_point_and_resubmit_runs_nothing(tmp_path: Path, synthe
     assert len(children(where)) == 4  # no trial ran, no run was added
 
 
-def test_trial_failing_mid_run_resumes_from_its_checkpoint(
+def test_failing_trial_resumes_from_checkpoint_and_diverging_one_fails_alone(
         tmp_path: Path, synthetic_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every trial's first attempt raises right after its first checkpoint (step 20);
+    # lr=1e30 diverges at once, before any checkpoint.
     monkeypatch.setenv(FAIL_ONCE_ENV, "1")
     spec = load_spec(write_spec(tmp_path, synthetic_cache,
-                                "{n_features: [32], n_steps: [60]}",
-                                "lr: 3e-3, checkpoint_every_steps: 20, "))
+                                "{n_features: [32], n_steps: [60], lr: [3e-3, 1e30]}",
+                                base="checkpoint_every_steps: 20, "))
     where = Where.resolve(str(tmp_path / "store"), None)
-    assert submit(spec, where) == 0
+    assert submit(spec, where) == 1  # one grid point has no FINISHED run
     runs = children(where)
-    failed = [r for r in runs if r.info.status == "FAILED"]
-    finished = [r for r in runs if r.info.status == "FINISHED"]
+    good = [r for r in runs if float(r.data.params["lr"]) == 3e-3]
+    failed = [r for r in good if r.info.status == "FAILED"]
+    finished = [r for r in good if r.info.status == "FINISHED"]
     assert len(failed) == 1 and FAIL_ONCE_ENV in failed[0].data.tags["monoscale.failure"]
     assert len(finished) == 1
-    # the retry started from the first checkpoint (step 20), not from scratch
+    # Tune retried it from the first checkpoint (step 20), not from scratch
     assert finished[0].data.tags[tracking.TAG_RESUMED] == "20"
     assert finished[0].data.metrics["step"] == 60
 
+    diverged = [r for r in runs if float(r.data.params["lr"]) == 1e30]
+    assert [r.info.status for r in diverged] == ["FAILED"]  # not retried: deterministic
+    assert diverged[0].data.tags["monoscale.failure"].startswith("diverged")
 
-def test_diverging_trial_fails_with_reason_and_the_sweep_goes_on(
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of the session we started the driver in (its Ray too)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def test_driver_killed_mid_sweep_then_resumed_finishes_each_point_once(
         tmp_path: Path, synthetic_cache: Path) -> None:
-    spec = load_spec(write_spec(tmp_path, synthetic_cache,
-                                "{n_features: [32], n_steps: [30], lr: [3e-3, 1e30]}", base=""))
-    where = Where.resolve(str(tmp_path / "store"), None)
-    assert submit(spec, where) == 1  # one grid point has no FINISHED run
-    runs = {float(r.data.params["lr"]): r for r in children(where)}
-    assert runs[3e-3].info.status == "FINISHED"
-    assert runs[1e30].info.status == "FAILED"
-    assert runs[1e30].data.tags["monoscale.failure"].startswith("diverged")
+    spec_path = write_spec(tmp_path, synthetic_cache,
+                           "{n_features: [32, 64], n_steps: [800, 1200]}")
+    store = tmp_path / "store"
+    where = Where.resolve(str(store), None)
+    log = tmp_path / "driver.log"
+    code = ("import sys; from sweeps.driver import Where, submit; from sweeps.spec import "
+            f"load_spec; sys.exit(submit(load_spec({str(spec_path)!r}), "
+            f"Where.resolve({str(store)!r}, None)))")
+    with open(log, "w") as out:
+        driver = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=out,
+                                  cwd=Path(__file__).parents[1], start_new_session=True)
+    try:
+        deadline, finished_before = time.monotonic() + 150, []
+        while not finished_before:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+            if "to run" in log.read_text():  # the driver has created the store
+                finished_before = [r.info.run_id for r in children(where)
+                                   if r.info.status == "FINISHED"]
+        driver.kill()  # SIGKILL: no cleanup of any kind
+        driver.wait()
+    finally:
+        kill_session(driver.pid)
+
+    spec = load_spec(spec_path)
+    assert submit(spec, where) == 0
+    runs = children(where)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    keys = [r.data.tags["monoscale.run_key"] for r in finished]
+    assert len(keys) == len(set(keys)) == 4  # exactly one FINISHED run per grid point
+    assert set(finished_before) <= {r.info.run_id for r in finished}  # never re-run
+    assert not [r for r in runs if r.info.status == "RUNNING"]
