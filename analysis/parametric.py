@@ -10,13 +10,14 @@ by L-BFGS-B from every start of a grid (METHOD.md s2; Hoffmann et al. 2022, App.
 The trap (../shared/fixtures/chinchilla/README.md): scipy's L-BFGS-B stops after ~10
 iterations when the objective is small, because its relative-decrease test `ftol` fires.
 We minimise the sum divided by delta^2 (values of order 1e3 rather than 1e-3), with
-ftol=0 and a small gtol, so it runs until the gradient vanishes; the gradient is
-analytic, which keeps 4500 starts at a few seconds.
+ftol=0 and a small gtol, so it runs until the gradient vanishes. The gradient is
+analytic and all starts are screened as one batch (multistart.py).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from scipy.special import huber
 
+from analysis.multistart import BatchObjective, batched_bfgs, single_threaded_blas
 from sae_core.errors import UserError
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, App. D.2
@@ -36,7 +38,7 @@ INIT_GRID: dict[str, tuple[float, ...]] = {
     "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
     "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
 }
-_OPTIONS = {"ftol": 0.0, "gtol": 1e-10, "maxiter": 2000}
+_OPTIONS = {"ftol": 0.0, "gtol": 1e-9, "maxiter": 1000}
 
 
 @dataclass(frozen=True)
@@ -92,25 +94,30 @@ class ParametricFit:
 def huber_objective(
     theta: np.ndarray, log_f: np.ndarray, log_s: np.ndarray, log_loss: np.ndarray,
     delta: float = HUBER_DELTA,
-) -> tuple[float, np.ndarray]:
-    """Sum of Huber losses of log-loss residuals and its gradient in theta.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of Huber losses of log-loss residuals, and its gradient, for a batch of thetas.
 
-    theta: [5] = (a, b, e, alpha, beta); log_f, log_s, log_loss: [n_runs].
-    Returns (objective, gradient [5]).
+    theta: [k, 5] rows of (a, b, e, alpha, beta); log_f, log_s, log_loss: [n_runs].
+    Returns (objective [k], gradient [k, 5]).
     """
-    a, b, e, alpha, beta = theta
-    terms = np.stack([a - alpha * log_f, b - beta * log_s, np.full_like(log_f, e)])  # [3, n]
-    top = terms.max(axis=0)
-    weights = np.exp(terms - top)
-    total = weights.sum(axis=0)
+    a, b, e, alpha, beta = (col[:, None] for col in np.atleast_2d(theta).T)
+    t_f = a - alpha * log_f  # [k, n]
+    t_s = b - beta * log_s
+    t_e = np.broadcast_to(e, t_f.shape)
+    top = np.maximum(np.maximum(t_f, t_s), t_e)
+    w_f, w_s, w_e = np.exp(t_f - top), np.exp(t_s - top), np.exp(t_e - top)
+    total = w_f + w_s + w_e
     residual = top + np.log(total) - log_loss
-    weights /= total  # softmax: d LSE / d term
-    slope = np.clip(residual, -delta, delta)  # d Huber / d residual
-    dw = weights * slope  # [3, n]
-    grad = np.array([
-        dw[0].sum(), dw[1].sum(), dw[2].sum(), -(dw[0] @ log_f), -(dw[1] @ log_s),
-    ])
-    return float(huber(delta, residual).sum()), grad
+    # d Huber/d residual, times the softmax weights d LSE/d term:
+    slope = np.clip(residual, -delta, delta) / total
+    d_f, d_s, d_e = w_f * slope, w_s * slope, w_e * slope
+    grad = np.stack([d_f.sum(1), d_s.sum(1), d_e.sum(1), -(d_f @ log_f), -(d_s @ log_s)], 1)
+    return huber(delta, residual).sum(1), grad
+
+
+def residuals(fit: ParametricFit, n_features: ArrayLike, n_steps: ArrayLike, loss: ArrayLike) -> np.ndarray:
+    """log L_pred - log L_observed per run: [n_runs]."""
+    return np.log(fit.predict(n_features, n_steps)) - np.log(np.asarray(loss, dtype=float))
 
 
 def init_grid(grid: dict[str, tuple[float, ...]] | None = None) -> np.ndarray:
@@ -125,10 +132,15 @@ def fit_parametric(
     loss: ArrayLike,
     starts: np.ndarray | None = None,
     delta: float = HUBER_DELTA,
+    screen_iters: int = 40,
+    n_polish: int = 8,
 ) -> ParametricFit:
     """Fit L(F, S) from every start (default: the 4500-start Chinchilla grid).
 
     n_features, n_steps, loss: [n_runs]. starts: [n_starts, 5] rows of (a, b, e, alpha, beta).
+    With more than n_polish starts, all of them take screen_iters batched BFGS steps
+    (multistart.py) and the n_polish best go on to scipy L-BFGS-B with ftol=0; with
+    n_polish or fewer (a bootstrap warm start), scipy runs from each directly.
     """
     log_f, log_s, log_loss = (np.log(np.asarray(x, dtype=float)) for x in (n_features, n_steps, loss))
     if not (np.isfinite(log_f).all() and np.isfinite(log_s).all() and np.isfinite(log_loss).all()):
@@ -137,20 +149,36 @@ def fit_parametric(
         raise UserError(f"parametric fit needs at least 6 runs for 5 parameters, got {len(log_loss)}")
     if len(np.unique(log_f)) < 2 or len(np.unique(log_s)) < 2:
         raise UserError("parametric fit needs at least 2 distinct n_features and 2 distinct n_steps")
-    starts = init_grid() if starts is None else np.atleast_2d(starts)
+    starts = init_grid() if starts is None else np.atleast_2d(np.asarray(starts, dtype=float))
     scale = 1.0 / delta**2  # keeps the objective far above 1: see the module docstring
 
-    def scaled(theta: np.ndarray) -> tuple[float, np.ndarray]:
+    def batch(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         value, grad = huber_objective(theta, log_f, log_s, log_loss, delta)
         return value * scale, grad * scale
 
+    def single(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = batch(theta[None])
+        return float(value[0]), grad[0]
+
+    with single_threaded_blas():
+        return _fit(batch, single, starts, screen_iters, n_polish, scale, len(log_loss))
+
+
+def _fit(
+    batch: BatchObjective, single: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    starts: np.ndarray, screen_iters: int, n_polish: int, scale: float, n_runs: int,
+) -> ParametricFit:
+    # Screen every start side by side, then run scipy to convergence from the best few.
+    if len(starts) > n_polish:
+        screened, values = batched_bfgs(batch, starts, n_iters=screen_iters)
+        starts = screened[np.argsort(np.where(np.isfinite(values), values, np.inf))[:n_polish]]
     best_value, best_theta = np.inf, starts[0]
     for start in starts:
-        result = minimize(scaled, start, jac=True, method="L-BFGS-B", options=_OPTIONS)
+        result = minimize(single, start, jac=True, method="L-BFGS-B", options=_OPTIONS)
         if np.isfinite(result.fun) and result.fun < best_value:
             best_value, best_theta = float(result.fun), result.x
     a, b, e, alpha, beta = best_theta
     return ParametricFit(
         E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
-        beta=float(beta), objective=best_value / scale, n_runs=len(log_loss),
+        beta=float(beta), objective=best_value / scale, n_runs=n_runs,
     )

@@ -1,0 +1,39 @@
+"""The compute-optimal frontier: the lowest loss reachable at each compute.
+
+METHOD.md s2, stage 1: "for each compute budget take the lowest achievable loss".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def budget_frontier(runs: pd.DataFrame, budget: np.ndarray) -> pd.DataFrame:
+    """The lowest-loss run of each budget (budget: [n_runs] FLOPs, NaN = none), by compute."""
+    labelled = runs.assign(budget_flops=budget).dropna(subset=["budget_flops"])
+    best = labelled.loc[labelled.groupby("budget_flops")["loss"].idxmin()]
+    return best.sort_values("budget_flops").reset_index(drop=True)
+
+
+def pareto_frontier(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs no cheaper-or-equal run beats: loss falls strictly along it, by compute."""
+    ordered = runs.sort_values(["compute_flops", "loss"])
+    best_so_far = ordered["loss"].cummin().shift(fill_value=np.inf)
+    return ordered[ordered["loss"] < best_so_far].reset_index(drop=True)
+
+
+def lower_convex_hull(runs: pd.DataFrame) -> pd.DataFrame:
+    """Pareto runs on the lower convex hull of (log C, log L): the frontier a mix of
+    budgets can reach; kinks between hull points mark budgets where no run is efficient."""
+    front = pareto_frontier(runs)
+    pts = np.column_stack([np.log(front["compute_flops"]), np.log(front["loss"])])
+    hull: list[int] = []
+    for i, p in enumerate(pts):
+        while len(hull) >= 2:
+            o, a = pts[hull[-2]], pts[hull[-1]]
+            if (a[0] - o[0]) * (p[1] - o[1]) - (a[1] - o[1]) * (p[0] - o[0]) > 0:
+                break  # counter-clockwise turn: a stays on the lower hull
+            hull.pop()
+        hull.append(i)
+    return front.iloc[hull].reset_index(drop=True)

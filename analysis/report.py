@@ -1,0 +1,189 @@
+"""analyze(): a runs table in, the content of fits.json out (issue 4's interface).
+
+    parametric        E, A, B, alpha, beta, a: {value, ci95}; objective
+    loss_vs_compute   frontier loss L(C) = irreducible + coefficient C^exponent
+    features_opt      F_opt(C) = coefficient C^exponent    (IsoFLOP minima, else parametric)
+    steps_opt         steps_opt(C) = coefficient C^exponent
+    lr_opt            LR_opt(C) = coefficient C^exponent    (only with an LR stage)
+    prediction        F_opt, steps_opt, LR_opt and loss (ci95, pi95) at target_compute_flops
+    edge_flags, isoflop, lr_optima, frontier, n_runs, bootstrap (draws for `plan`)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.bootstrap import N_DRAWS, bootstrap_draws, interval, prediction_interval
+from analysis.frontier import pareto_frontier
+from analysis.isoflop import BUDGET_TOL_DEX, assign_budgets
+from analysis.laws import derived, fit_laws, split_stages
+from analysis.multistart import single_threaded_blas
+from analysis.parametric import HUBER_DELTA, residuals
+from sae_core.errors import UserError
+
+REQUIRED = ("n_features", "compute_flops", "loss")
+TARGET_MULTIPLE = 10.0  # default prediction: 10x the largest budget swept
+
+
+def prepare_runs(runs: pd.DataFrame, batch_size_tokens: int | None = None) -> pd.DataFrame:
+    """Check the runs table (docs/CONTRACTS.md) and give it an n_steps column."""
+    missing = [c for c in REQUIRED if c not in runs.columns]
+    if "n_steps" not in runs.columns and "n_tokens" not in runs.columns:
+        missing.append("n_steps (or n_tokens)")
+    if missing:
+        raise UserError(f"runs table is missing column(s): {', '.join(missing)}")
+    if len(runs) == 0:
+        raise UserError("runs table is empty: run the sweep first")
+    out = runs.copy()
+    if "n_steps" not in out.columns:  # S = tokens / batch; with no batch, k absorbs it
+        batch = batch_size_tokens or (out["batch_size_tokens"] if "batch_size_tokens" in out else 1)
+        out["n_steps"] = out["n_tokens"] / batch
+    for col in ("n_features", "n_steps", "compute_flops", "loss"):
+        values = pd.to_numeric(out[col], errors="coerce")
+        bad = ~np.isfinite(values) | (values <= 0)
+        if bad.any():
+            raise UserError(
+                f"{int(bad.sum())} run(s) have a missing, NaN or non-positive {col} "
+                f"(first at row {int(np.flatnonzero(bad)[0])}): drop or rerun them"
+            )
+        out[col] = values.astype(float)
+    return out.reset_index(drop=True)
+
+
+def flops_per_feature_step(runs: pd.DataFrame, batch_size_tokens: int | None, d_in: int | None) -> float:
+    """k in C = k F S: 12 d batch for an SAE (METHOD.md s2), else inferred from the table."""
+    if batch_size_tokens and d_in:
+        return 12.0 * d_in * batch_size_tokens
+    return float(np.median(runs["compute_flops"] / (runs["n_features"] * runs["n_steps"])))
+
+
+def _value(point: float, draws: pd.Series | None) -> dict[str, Any]:
+    return {"value": point, "ci95": interval(draws) if draws is not None else None}
+
+
+def _law(coef: float, exponent: float, draws: pd.DataFrame, name: str, source: str) -> dict[str, Any]:
+    return {"coefficient": coef, "exponent": exponent, "source": source,
+            "exponent_ci95": interval(draws[name]) if name in draws else None}
+
+
+def analyze(
+    runs: pd.DataFrame,
+    batch_size_tokens: int | None = None,
+    d_in: int | None = None,
+    n_draws: int = N_DRAWS,
+    target_compute_flops: float | None = None,
+    tol_dex: float = BUDGET_TOL_DEX,
+    budgets: list[float] | None = None,
+    lr_band: float | None = None,
+    seed: int = 0,
+    starts: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Fit every law with 95% bootstrap intervals; returns the fits.json content."""
+    with single_threaded_blas():
+        return _analyze(runs, batch_size_tokens, d_in, n_draws, target_compute_flops, tol_dex,
+                        budgets, lr_band, seed, starts)
+
+
+def _analyze(
+    runs: pd.DataFrame, batch_size_tokens: int | None, d_in: int | None, n_draws: int,
+    target_compute_flops: float | None, tol_dex: float, budgets: list[float] | None,
+    lr_band: float | None, seed: int, starts: np.ndarray | None,
+) -> dict[str, Any]:
+    runs = prepare_runs(runs, batch_size_tokens)
+    stage1, lr_runs, lr_stage1 = split_stages(runs)
+    if stage1["n_features"].nunique() < 2:
+        raise UserError(
+            f"every stage-1 run has n_features={stage1['n_features'].iloc[0]:g}: the laws need "
+            "at least 2 (and IsoFLOP >= 3 per budget) distinct n_features"
+        )
+    k = flops_per_feature_step(runs, batch_size_tokens, d_in)
+    target = target_compute_flops or TARGET_MULTIPLE * float(stage1["compute_flops"].max())
+    laws = fit_laws(stage1, lr_runs, k, tol_dex, budgets, lr_band, starts)
+    point = derived(laws, k, target)
+
+    # Bootstrap: resample within budgets (stage 1) and within LR points (stage 2).
+    both = pd.concat([stage1.assign(_lr=False), lr_runs.assign(_lr=True)], ignore_index=True)
+    stratum = assign_budgets(both["compute_flops"], tol_dex, budgets)
+    stratum = np.where(both["_lr"], -both["compute_flops"], stratum)
+    warm = laws.parametric.as_vector()
+
+    def derive(draw: pd.DataFrame) -> dict[str, float]:
+        drawn = fit_laws(draw[~draw["_lr"]], draw[draw["_lr"]], k, tol_dex, budgets, lr_band, warm)
+        return derived(drawn, k, target)
+
+    draws = bootstrap_draws(both, derive, n_draws, seed, pd.Series(stratum))
+    if draws.empty:
+        draws = pd.DataFrame(columns=list(point))
+    log_res = residuals(laws.parametric, stage1["n_features"], stage1["n_steps"], stage1["loss"])
+    p = laws.parametric
+    iso = laws.isoflop
+    edge_flags = [e for e in iso["edge"] if e]
+    if len(iso) < 2:
+        edge_flags.append(
+            f"IsoFLOP needs >= 2 budgets with >= 3 distinct n_features each (within {tol_dex} dex), "
+            f"got {len(iso)}: add widths at fixed compute budgets"
+        )
+    if laws.lr_optima is not None:
+        edge_flags += [e for e in laws.lr_optima["edge"] if e]
+    if laws.features_law is not None and laws.steps_law is not None:
+        features = _law(point["features_coefficient"], point["features_exponent"], draws, "features_exponent", "isoflop")
+        steps = _law(point["steps_coefficient"], point["steps_exponent"], draws, "steps_exponent", "isoflop")
+    else:  # F_opt = G (C/k)^a and steps_opt = (C/k)^(1-a) / G from the parametric law
+        a_draws = draws["a"] if "a" in draws else pd.Series(dtype=float)
+        features = {"coefficient": p.G * k**-p.a, "exponent": p.a, "source": "parametric",
+                    "exponent_ci95": interval(a_draws)}
+        steps = {"coefficient": k ** (p.a - 1) / p.G, "exponent": 1 - p.a, "source": "parametric",
+                 "exponent_ci95": interval(1 - a_draws)}
+    fits: dict[str, Any] = {
+        "n_runs": len(runs), "n_runs_stage1": len(stage1), "n_runs_lr": len(lr_runs),
+        "flops_per_feature_step": k, "batch_size_tokens": batch_size_tokens, "d_in": d_in,
+        "lr_stage1": lr_stage1,
+        "parametric": {
+            **{name: _value(point[name], draws.get(name)) for name in ("E", "A", "B", "alpha", "beta", "a")},
+            "objective": p.objective, "huber_delta": HUBER_DELTA, "G": p.G,
+        },
+        "loss_vs_compute": {
+            **_law(point["loss_coefficient"], point["loss_exponent"], draws, "loss_exponent", "pareto frontier"),
+            "irreducible": _value(point["loss_irreducible"], draws.get("loss_irreducible")),
+        },
+        "features_opt": features,
+        "steps_opt": steps,
+        "prediction": {
+            "compute_flops": target,
+            "n_features_opt": _value(point["target_n_features"], draws.get("target_n_features")),
+            "n_steps_opt": _value(point["target_n_steps"], draws.get("target_n_steps")),
+            "loss": {**_value(point["target_loss"], draws.get("target_loss")),
+                     "pi95": prediction_interval(draws.get("target_loss", pd.Series(dtype=float)), log_res)},
+        },
+        "edge_flags": edge_flags,
+        "isoflop": iso.to_dict("records"),
+        "frontier": pareto_frontier(stage1)[["compute_flops", "loss", "n_features", "n_steps"]].to_dict("records"),
+        "bootstrap": {
+            "n_draws": n_draws, "seed": seed, "n_failed": int(draws.isna().all(axis=1).sum()),
+            "stratified_by": "compute budget (stage 1), LR point (stage 2)",
+            "draws": {c: draws[c].tolist() for c in draws.columns},
+            "log_residuals": log_res.tolist(),
+        },
+    }
+    if laws.lr_law is not None and laws.lr_optima is not None:
+        fits["lr_opt"] = _law(point["lr_coefficient"], point["lr_exponent"], draws, "lr_exponent",
+                              "near-optimal band" if lr_band else "parabola in log lr")
+        fits["lr_optima"] = laws.lr_optima.to_dict("records")
+        fits["prediction"]["lr_opt"] = _value(point["target_lr"], draws.get("target_lr"))
+    return to_json_safe(fits)
+
+
+def to_json_safe(obj: Any) -> Any:
+    """NaN/inf -> None and numpy scalars -> Python, recursively (json.dump writes NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): to_json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
