@@ -38,13 +38,15 @@ EMBEDDED_MODELS = ("minilm", "smollm2")
 
 def _source(model: str) -> tuple[str, dict[str, Any]]:
     """(path or hub id, from_pretrained kwargs). Embedded aliases never touch the network."""
+    path: Path | str
+    kwargs: dict[str, Any] = {}
     if model in EMBEDDED_MODELS:
         path, gguf_file = _embedded_path(model)
-        kwargs: dict[str, Any] = {"local_files_only": True}
+        kwargs["local_files_only"] = True
     elif model.endswith(".gguf"):
-        path, gguf_file, kwargs = Path(model).parent, Path(model).name, {}
+        path, gguf_file = Path(model).parent, Path(model).name
     else:
-        path, gguf_file, kwargs = Path(model) if Path(model).exists() else model, None, {}
+        path, gguf_file = model, None
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     return str(path), kwargs
@@ -68,7 +70,7 @@ def model_d_in(model: str) -> int:
     return int(_config(model).hidden_size)
 
 
-def load_model(model: str, device: str = "cpu") -> tuple[nn.Module, Any]:
+def load_model(model: str, device: str = "cpu") -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) for an embedded alias, a local path or a hub id."""
     path, kwargs = _source(model)
     try:
@@ -100,7 +102,7 @@ def _embedded_path(model: str) -> tuple[Path, str | None]:
     return root, gguf[0].name
 
 
-def _blocks(net: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+def _blocks(net: Any) -> tuple[nn.Module, str, nn.ModuleList]:
     """(parent, attribute, the ModuleList of transformer blocks)."""
     n_layers = net.config.num_hidden_layers
     for name, module in net.named_modules():
@@ -122,7 +124,7 @@ def check_layer(layer: int | None, n_layers: int, model: str) -> int:
 class ResidualReader:
     """Callable: token ids [B, T] and attention mask [B, T] -> residual stream [B, T, d]."""
 
-    def __init__(self, net: nn.Module, layer: int | None = None, truncate: bool = True) -> None:
+    def __init__(self, net: Any, layer: int | None = None, truncate: bool = True) -> None:
         n_layers = net.config.num_hidden_layers
         self.layer = check_layer(layer, n_layers, type(net).__name__)
         self.net, self.n_layers = net, n_layers

@@ -34,10 +34,14 @@ def build_from_spec(out_dir: str | Path, spec: dict[str, Any]) -> ActivationCach
     unknown = sorted(set(spec) - _KEYS[kind] - {kind})
     if unknown:
         raise UserError(f"unknown key(s) in a {kind} cache build: {', '.join(unknown)}")
-    n_tokens = spec.get("n_tokens")
-    if n_tokens is not None:
-        n_tokens = _positive_int(n_tokens, "n_tokens")
-    elif kind != "npy":
+    n_tokens = None if spec.get("n_tokens") is None else _positive_int(spec["n_tokens"],
+                                                                        "n_tokens")
+    if kind == "npy":
+        from sae_core.array_files import build_array_cache
+
+        return build_array_cache(out_dir, spec["npy"], spec.get("tensor"), n_tokens,
+                                 spec.get("dtype"))
+    if n_tokens is None:
         raise UserError(f"a {kind} cache build needs n_tokens")
     if kind == "synthetic":
         from sae_core.synthetic import PlantedDictionary, build_synthetic_cache
@@ -48,11 +52,6 @@ def build_from_spec(out_dir: str | Path, spec: dict[str, Any]) -> ActivationCach
         except TypeError as err:
             raise UserError(f"synthetic cache: {err}") from None
         return build_synthetic_cache(out_dir, planted, n_tokens, spec.get("dtype") or "float32")
-    if kind == "npy":
-        from sae_core.array_files import build_array_cache
-
-        return build_array_cache(out_dir, spec["npy"], spec.get("tensor"), n_tokens,
-                                 spec.get("dtype"))
     from sae_core.activations import build_model_cache
 
     options = {k: spec[k] for k in ("layer", "corpus", "context_tokens", "batch_contexts",
