@@ -69,12 +69,12 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     initialised in this process (tests, notebooks) is reused and left running."""
     if ray.is_initialized():
         return RaySession(ray.get_runtime_context().gcs_address, started_here=False)
-    # Keep Ray's console quiet: the sweep prints its own progress.
-    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    # Keep Ray's console quiet (log_to_driver=False, warnings only): the sweep prints its
+    # own progress.
     if address:
         probe(address)
         try:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError) as err:
             raise UserError(f"cannot join the Ray cluster at {address}: {err}") from None
         return RaySession(address, started_here=True)
@@ -85,6 +85,7 @@ def connect(address: str | None = None, num_cpus: int | None = None,
         object_store_memory=OBJECT_STORE_BYTES,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
-        **quiet,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
     )
     return RaySession(ray.get_runtime_context().gcs_address, started_here=True)

@@ -134,13 +134,15 @@ def audit(spec: SweepSpec, configs: list[RunConfig], target: tracking.TrackingTa
     missing = [c for c in configs if c.run_key not in finished]
     doubled = [k for k, n in finished.items() if n > 1]
     for c in missing:
-        run = best.get(c.run_key)
-        why = (f"{run.info.status}: {run.data.tags.get(tracking.TAG_FAILURE, '')}" if run
-               else "never ran")
+        latest = best.get(c.run_key)
+        why = (f"{latest.info.status}: {latest.data.tags.get(tracking.TAG_FAILURE, '')}"
+               if latest else "never ran")
         print(f"[{spec.name}] not finished: {c.run_key} F={c.n_features} "
               f"steps={c.n_steps} lr={c.lr:g} ({why})", flush=True)
     if doubled:
         print(f"[{spec.name}] more than one FINISHED run for: {', '.join(doubled)}")
+    tracking.close_sweep(target, len(configs), len(configs) - len(missing),
+                         sum(c.compute_flops for c in configs))
     print(f"[{spec.name}] {len(configs) - len(missing)}/{len(configs)} grid points "
           f"finished; MLflow: {target.uri}, experiment {target.experiment_id}", flush=True)
     return 1 if missing or doubled else 0

@@ -41,7 +41,8 @@ from sweeps.spec_values import (
 
 # RunConfig fields a spec may not set: they come from the cache and the axes.
 _RESERVED = frozenset({"cache_dir", "d_in"})
-_RUN_FIELDS = {f.name: f.type for f in fields(RunConfig) if f.name not in _RESERVED}
+# field -> its annotation as text ("int", "float", "str", "int | None")
+_RUN_FIELDS = {f.name: str(f.type) for f in fields(RunConfig) if f.name not in _RESERVED}
 _SIZE_AXES = ("n_features", "n_steps")
 _TOP_KEYS = ("name", "stage", "cache", "base", "grid", "points", "isoflop", "search",
              "resources", "max_concurrent_trials", "max_failures", "log_weights")

@@ -80,11 +80,23 @@ def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,
         order_by=["attributes.start_time ASC"], max_results=1)
     if parents:
         parent_id = parents[0].info.run_id
+        client.update_run(parent_id, status="RUNNING")  # a re-submit reopens it
     else:
         tags = {TAG_ROLE: "sweep", TAG_SWEEP: sweep, TAG_STAGE: str(stage),
                 "monoscale.spec": str(spec_path)}
         parent_id = client.create_run(experiment_id, tags=tags, run_name=sweep).info.run_id
     return TrackingTarget(uri, experiment_id, parent_id, sweep, stage)
+
+
+def close_sweep(target: TrackingTarget, n_points: int, n_finished: int,
+                compute_flops: float) -> None:
+    """End the parent run: FINISHED when every grid point has a FINISHED child."""
+    client, now = MlflowClient(target.uri), int(time.time() * 1000)
+    client.log_batch(target.parent_run_id, metrics=[
+        Metric("n_points", n_points, now, 0), Metric("n_finished", n_finished, now, 0),
+        Metric("compute_flops_total", compute_flops, now, 0)])
+    client.set_terminated(target.parent_run_id,
+                          "FINISHED" if n_finished == n_points else "FAILED")
 
 
 def find_sweep(uri: str, sweep: str) -> TrackingTarget | None:
@@ -109,7 +121,8 @@ def child_runs(target: TrackingTarget, run_key: str | None = None) -> list[Run]:
     query = f"tags.`{TAG_PARENT}` = '{target.parent_run_id}'"
     if run_key is not None:
         query += f" and tags.`{TAG_KEY}` = '{run_key}'"
-    client, runs, token = MlflowClient(target.uri), [], None
+    client, token = MlflowClient(target.uri), None
+    runs: list[Run] = []
     while True:
         page = client.search_runs([target.experiment_id], query, max_results=1000,
                                   order_by=["attributes.start_time DESC"], page_token=token)

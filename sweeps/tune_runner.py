@@ -160,8 +160,10 @@ def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
     root = options.storage_dir / "tune"
     path, manifest = root / spec.name, root / f"{spec.name}.monoscale.json"
     keys = [c.run_key for c in todo]
-    previous = json.loads(manifest.read_text()) if manifest.exists() else {"done": True}
-    if (not previous["done"] and set(keys) <= set(previous["keys"]) <= set(ctx.configs)
+    previous: dict[str, Any] = (json.loads(manifest.read_text()) if manifest.exists()
+                                else {"done": True, "keys": []})
+    earlier_keys = list(previous["keys"])
+    if (not previous["done"] and set(keys) <= set(earlier_keys) <= set(ctx.configs)
             and tune.Tuner.can_restore(str(path))):
         print(f"[{spec.name}] resuming the interrupted Tune experiment at {path}",
               file=_PROGRESS.out, flush=True)
