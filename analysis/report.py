@@ -140,7 +140,7 @@ def _analyze(
     fits: dict[str, Any] = {
         "n_runs": len(runs), "n_runs_stage1": len(stage1), "n_runs_lr": len(lr_runs),
         "flops_per_feature_step": k, "batch_size_tokens": batch_size_tokens, "d_in": d_in,
-        "lr_stage1": lr_stage1,
+        "lr_stage1": lr_stage1, "budget_tol_dex": tol_dex, "budgets": budgets,
         "parametric": {
             **{name: _value(point[name], draws.get(name)) for name in ("E", "A", "B", "alpha", "beta", "a")},
             "objective": p.objective, "huber_delta": HUBER_DELTA, "G": p.G,

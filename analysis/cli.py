@@ -1,0 +1,199 @@
+"""`monoscale analyze`, `monoscale plan`, `monoscale plan-lr` (issue 4).
+
+Heavy modules (pandas, scipy, matplotlib, mlflow) are imported inside the handlers so that
+`monoscale --help` stays fast. Every output is written atomically (outputs.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sae_core.errors import UserError
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    cmd = sub.add_parser("analyze", help="fit the scaling laws of a sweep's runs: fits.json + plots")
+    _source(cmd)
+    cmd.add_argument("--lr-spec", metavar="SPEC2", help="also read this stage-2 (LR) sweep's runs")
+    cmd.add_argument("--lr-runs-csv", metavar="FILE", help="stage-2 (LR) runs as CSV")
+    cmd.add_argument("--out", required=True, metavar="DIR", help="writes DIR/fits.json and plots")
+    cmd.add_argument("--draws", type=int, default=200, help="bootstrap draws (default 200)")
+    cmd.add_argument("--target-compute", type=float, metavar="C",
+                     help="compute of the predicted run (default 10x the largest budget)")
+    cmd.add_argument("--budget-tol-dex", type=float, default=0.05,
+                     help="runs within this many dex of compute form one IsoFLOP budget")
+    cmd.add_argument("--lr-band", type=float, metavar="REL",
+                     help="fit the LR law to every run within REL of its point's best loss")
+    cmd.add_argument("--batch-size-tokens", type=int, help="for a CSV without that column")
+    cmd.add_argument("--d-in", type=int, help="for a CSV without that column")
+    cmd.add_argument("--no-attach", action="store_true", help="do not log the results to MLflow")
+    cmd.set_defaults(func=_analyze)
+
+    cmd = sub.add_parser("plan", help="the large run's F, steps, LR and predicted loss")
+    _source(cmd, fits=True)
+    group = cmd.add_argument_group("budget (one or both)")
+    group.add_argument("--compute", type=float, metavar="C", help="compute budget in FLOPs")
+    group.add_argument("--features", type=int, metavar="F", help="a fixed n_features")
+    cmd.add_argument("--power-of-two", action="store_true", help="round n_features to a power of 2")
+    cmd.add_argument("--out", required=True, metavar="PLAN.json")
+    cmd.set_defaults(func=_plan)
+
+    cmd = sub.add_parser("plan-lr", help="write the stage-2 LR sweep spec at compute-optimal points")
+    _source(cmd, fits=True)
+    cmd.add_argument("--budgets", type=int, default=3, metavar="K", help="number of budgets (default 3)")
+    cmd.add_argument("--lr-span-dex", type=float, default=1.0, help="width of the LR grid in dex")
+    cmd.add_argument("--n-lrs", type=int, default=5, help="LR grid points per budget")
+    cmd.add_argument("--out", required=True, metavar="SPEC2.yaml")
+    cmd.set_defaults(func=_plan_lr)
+
+
+def _source(cmd: argparse.ArgumentParser, fits: bool = False) -> None:
+    cmd.add_argument("spec", nargs="?", metavar="SPEC", help="sweep spec: its runs are read from MLflow")
+    cmd.add_argument("--runs-csv", metavar="FILE", help="runs table as CSV instead of MLflow")
+    if fits:
+        cmd.add_argument("--fits", metavar="FITS.json", help="fits written by `monoscale analyze`")
+    cmd.add_argument("--storage", metavar="DIR", help="sweep storage dir (default .monoscale)")
+    cmd.add_argument("--tracking-uri", metavar="URI", help="MLflow URI (default sqlite:///<storage>/mlflow.db)")
+
+
+def _load_runs(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
+    """(runs DataFrame, SweepInfo | None, tracking URI | None) from SPEC or --runs-csv."""
+    import pandas as pd
+
+    from analysis import inputs
+
+    if bool(args.spec) == bool(args.runs_csv):
+        raise UserError("give a sweep SPEC or --runs-csv FILE (one of them)")
+    if args.runs_csv:
+        runs, sweep, uri = inputs.read_csv(args.runs_csv), None, None
+    else:
+        sweep = inputs.load_sweep(args.spec)
+        uri = inputs.tracking_uri(args.storage, args.tracking_uri)
+        runs = inputs.read_sweep_runs(sweep, uri)
+    extra = []
+    if getattr(args, "lr_runs_csv", None):
+        extra.append(inputs.read_csv(args.lr_runs_csv))
+    if getattr(args, "lr_spec", None):
+        lr_uri = uri or inputs.tracking_uri(args.storage, args.tracking_uri)
+        extra.append(inputs.read_sweep_runs(inputs.load_sweep(args.lr_spec), lr_uri))
+    if extra:
+        runs = pd.concat([runs, *extra], ignore_index=True)
+    return runs, sweep, uri
+
+
+def _fit(args: argparse.Namespace, runs: Any, sweep: Any, n_draws: int = 200) -> dict[str, Any]:
+    from analysis.inputs import shared_value
+    from analysis.report import analyze
+
+    batch = getattr(args, "batch_size_tokens", None) or shared_value(runs, "batch_size_tokens") or (
+        sweep.batch_size_tokens if sweep else None)
+    d_in = getattr(args, "d_in", None) or shared_value(runs, "d_in")
+    return analyze(
+        runs, batch_size_tokens=batch, d_in=d_in, n_draws=n_draws,
+        target_compute_flops=getattr(args, "target_compute", None),
+        tol_dex=getattr(args, "budget_tol_dex", 0.05), budgets=sweep.budgets if sweep else None,
+        lr_band=getattr(args, "lr_band", None),
+    )
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from analysis import plots
+    from analysis.outputs import write_analysis_dir
+    from analysis.report import prepare_runs
+
+    if args.draws < 0:
+        raise UserError(f"--draws must be >= 0, got {args.draws}")
+    runs, sweep, uri = _load_runs(args)
+    fits = _fit(args, runs, sweep, args.draws)
+    figures = plots.all_figures(prepare_runs(runs, fits["batch_size_tokens"]), fits)
+    out = write_analysis_dir(args.out, fits, figures)
+    print(summary(fits))
+    print(f"wrote {out}/fits.json and {len(figures)} plots (PNG + SVG)")
+    if sweep is not None and uri is not None and not args.no_attach:
+        from analysis.mlflow_reader import attach, sweep_parent_run_id
+
+        parent = sweep_parent_run_id(uri, sweep.name)
+        if parent:
+            attach(uri, parent, out)
+            print(f"attached to MLflow run {parent} (artifacts/analysis)")
+    return 0
+
+
+def _fits_or_analyze(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    if args.fits:
+        if args.spec or args.runs_csv:
+            raise UserError("give --fits or a source of runs (SPEC / --runs-csv), not both")
+        path = Path(args.fits)
+        if not path.is_file():
+            raise UserError(f"no fits file at {path}: run `monoscale analyze` first")
+        try:
+            return json.loads(path.read_text()), None
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: not JSON ({err})") from err
+    runs, sweep, _ = _load_runs(args)
+    return _fit(args, runs, sweep), sweep
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from analysis.outputs import write_text_atomic
+    from analysis.plan import plan_run
+
+    if args.compute is None and args.features is None:
+        raise UserError("plan needs --compute C or --features F")
+    fits, sweep = _fits_or_analyze(args)
+    plan = plan_run(fits, args.compute, args.features, args.power_of_two)
+    if sweep is not None:
+        plan["sweep"] = sweep.name
+        plan["cache"] = sweep.raw.get("cache")
+        plan["run_config"] = {**sweep.raw.get("base", {}), **plan["run_config"]}
+    text = json.dumps(plan, indent=2)
+    write_text_atomic(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+def _plan_lr(args: argparse.Namespace) -> int:
+    import yaml
+
+    from analysis.outputs import write_text_atomic
+    from analysis.plan_lr import lr_sweep_spec
+
+    fits, sweep = _fits_or_analyze(args)
+    raw = dict(sweep.raw) if sweep else None
+    if raw and isinstance(raw.get("cache"), dict) and raw["cache"].get("path"):
+        # The cache path is relative to the spec file; keep it right from the new file's folder.
+        cache = dict(raw["cache"])
+        absolute = (sweep.path.parent / cache["path"]).resolve()
+        cache["path"] = os.path.relpath(absolute, Path(args.out).resolve().parent)
+        raw["cache"] = cache
+    spec = lr_sweep_spec(fits, args.budgets, raw, args.lr_span_dex, args.n_lrs)
+    text = yaml.safe_dump(spec, sort_keys=False)
+    write_text_atomic(args.out, text)
+    print(text, end="")
+    return 0
+
+
+def summary(fits: dict[str, Any]) -> str:
+    """A few lines for the terminal: the laws and the prediction."""
+    p, pred = fits["parametric"], fits["prediction"]
+    lines = [
+        f"runs: {fits['n_runs']}  parametric: E={p['E']['value']:.4g} A={p['A']['value']:.4g} "
+        f"B={p['B']['value']:.4g} alpha={p['alpha']['value']:.4f} {p['alpha']['ci95']} "
+        f"beta={p['beta']['value']:.4f} {p['beta']['ci95']}",
+    ]
+    for key in ("features_opt", "steps_opt", "loss_vs_compute", "lr_opt"):
+        if fits.get(key) and fits[key].get("exponent") is not None:
+            law = fits[key]
+            lines.append(f"{key}: {law['coefficient']:.4g} * C^{law['exponent']:.4f} "
+                         f"(exponent 95% CI {law['exponent_ci95']})")
+    lines.append(
+        f"at C={pred['compute_flops']:.3g}: F_opt={pred['n_features_opt']['value']:.4g} "
+        f"steps_opt={pred['n_steps_opt']['value']:.4g} loss={pred['loss']['value']:.4g} "
+        f"(95% PI {pred['loss']['pi95']})"
+    )
+    lines += [f"EDGE: {flag}" for flag in fits["edge_flags"]]
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""Writing results so that a failure leaves nothing half-written (issue 4, bad input)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a sibling temp file, then rename it over path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_analysis_dir(out_dir: str | Path, fits: dict[str, Any], figures: dict[str, Figure]) -> Path:
+    """DIR/fits.json and DIR/<name>.png/.svg, built in a temp dir then moved into place."""
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+    try:
+        (tmp / "fits.json").write_text(json.dumps(fits, indent=2) + "\n")
+        for name, fig in figures.items():
+            fig.savefig(tmp / f"{name}.png", dpi=150)
+            fig.savefig(tmp / f"{name}.svg")
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,95 @@
+"""The large run's plan from fits.json: F, steps and LR from the laws, with predicted loss.
+
+METHOD.md s2, stage 3: extrapolate the laws to the large run's budget and train it with
+the predicted F, steps and LR. F and steps come from the parametric law's compute-optimal
+allocation (F_opt = G (C/k)^a); the predicted loss carries a 95% prediction interval
+(bootstrap draws of the law times the fit's run-to-run scatter, bootstrap.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from analysis.bootstrap import interval, prediction_interval
+from analysis.parametric import ParametricFit
+from sae_core.errors import UserError
+
+PARAMETRIC_KEYS = ("E", "A", "B", "alpha", "beta")
+
+
+def parametric_from_fits(fits: dict[str, Any]) -> ParametricFit:
+    """The point fit stored in fits.json."""
+    try:
+        p = fits["parametric"]
+        values = {k: float(p[k]["value"]) for k in PARAMETRIC_KEYS}
+    except (KeyError, TypeError) as err:
+        raise UserError(f"fits file has no parametric {err}: rerun `monoscale analyze`") from err
+    return ParametricFit(**values, objective=float(p.get("objective", np.nan)), n_runs=int(fits.get("n_runs", 0)))
+
+
+def _draw_fits(fits: dict[str, Any]) -> list[ParametricFit]:
+    draws = fits.get("bootstrap", {}).get("draws", {})
+    if not all(k in draws for k in PARAMETRIC_KEYS):
+        return []
+    rows = zip(*(draws[k] for k in PARAMETRIC_KEYS), strict=True)
+    return [ParametricFit(*row, objective=np.nan, n_runs=0) for row in rows if None not in row]
+
+
+def round_features(n_features: float, power_of_two: bool) -> int:
+    """Nearest power of 2 (in log), or the nearest multiple of 64 (matmul-friendly)."""
+    if power_of_two:
+        return int(2 ** round(np.log2(n_features)))
+    return max(64, int(round(n_features / 64)) * 64)
+
+
+def plan_run(
+    fits: dict[str, Any],
+    compute_flops: float | None = None,
+    n_features: int | None = None,
+    power_of_two: bool = False,
+) -> dict[str, Any]:
+    """n_features, n_steps, lr, compute_flops, predicted_loss (+ pi95, ci95) for one run.
+
+    compute_flops alone: F at the compute-optimal allocation, rounded, and the steps that
+    spend C. n_features alone: the steps at which that F is compute-optimal. Both: the
+    steps that spend C at that F.
+    """
+    if compute_flops is None and n_features is None:
+        raise UserError("plan needs --compute C or --features F")
+    if (compute_flops is not None and not compute_flops > 0) or (n_features is not None and n_features < 1):
+        raise UserError("plan needs a positive compute and feature count")
+    k = float(fits["flops_per_feature_step"])
+    law = parametric_from_fits(fits)
+    if n_features is None:
+        f_opt, _ = law.optimal_allocation(compute_flops, k)
+        n_features = round_features(float(f_opt), power_of_two)
+    steps = float(law.steps_for_features(n_features)) if compute_flops is None else compute_flops / (k * n_features)
+    n_steps = max(1, int(round(steps)))
+    compute = k * n_features * n_steps
+    lr, lr_source = fits.get("lr_stage1"), "stage-1 lr"
+    if fits.get("lr_opt"):
+        lr = float(fits["lr_opt"]["coefficient"] * compute ** fits["lr_opt"]["exponent"])
+        lr_source = "LR law"
+    draws = _draw_fits(fits)
+    drawn = np.array([float(d.predict(n_features, n_steps)) for d in draws])
+    log_res = np.asarray(fits.get("bootstrap", {}).get("log_residuals", []), dtype=float)
+    top_budget = max((row["compute_flops"] for row in fits.get("frontier", [])), default=np.nan)
+    plan: dict[str, Any] = {
+        "n_features": int(n_features),
+        "n_steps": n_steps,
+        "lr": lr,
+        "compute_flops": compute,
+        "predicted_loss": float(law.predict(n_features, n_steps)),
+        "predicted_loss_pi95": prediction_interval(drawn, log_res) if len(drawn) and len(log_res) else None,
+        "predicted_loss_ci95": interval(drawn) if len(drawn) else None,
+        "lr_source": lr_source,
+        "extrapolation_factor": compute / top_budget if np.isfinite(top_budget) else None,
+    }
+    plan["run_config"] = {
+        "n_features": plan["n_features"], "n_steps": n_steps,
+        **({"lr": lr} if lr is not None else {}),
+        **{key: fits[key] for key in ("batch_size_tokens", "d_in") if fits.get(key)},
+    }
+    return plan

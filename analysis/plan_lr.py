@@ -1,0 +1,55 @@
+"""The stage-2 sweep spec: an LR sweep at the compute-optimal (F, steps) of K budgets.
+
+METHOD.md s2, stage 2. The spec has the shape of docs/CONTRACTS.md: explicit `points`
+(crossed with the other axes) and `grid: {lr: [...]}`, a log grid around the stage-1 LR.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from analysis.plan import parametric_from_fits
+from sae_core.errors import UserError
+
+LR_SPAN_DEX = 1.0  # the grid spans 10x around the stage-1 LR: 10^(-0.5) .. 10^(+0.5)
+N_LRS = 5  # odd, so the stage-1 LR itself is a grid point (and joins stage 1's fit)
+# Keys of the stage-1 spec carried over; its grid, points and isoflop are replaced.
+CARRIED = ("cache", "resources", "max_concurrent_trials")
+
+
+def lr_sweep_spec(
+    fits: dict[str, Any],
+    n_budgets: int,
+    stage1_spec: dict[str, Any] | None = None,
+    lr_span_dex: float = LR_SPAN_DEX,
+    n_lrs: int = N_LRS,
+) -> dict[str, Any]:
+    """A sweep-spec dict: K budgets log-spaced over the stage-1 frontier's compute range."""
+    if n_budgets < 2:
+        raise UserError(f"an LR law needs at least 2 budgets, got --budgets {n_budgets}")
+    lr0 = fits.get("lr_stage1") or (stage1_spec or {}).get("base", {}).get("lr")
+    if not lr0:
+        raise UserError("no stage-1 learning rate in the fits or the spec's base: cannot centre the LR grid")
+    compute = [row["compute_flops"] for row in fits.get("isoflop") or fits.get("frontier", [])]
+    if len(compute) < 1:
+        raise UserError("fits hold no compute budgets: rerun `monoscale analyze`")
+    law, k = parametric_from_fits(fits), float(fits["flops_per_feature_step"])
+    budgets = np.geomspace(min(compute), max(compute), n_budgets)
+    f_opt, _ = law.optimal_allocation(budgets, k)
+    points = []
+    for c, f in zip(budgets, f_opt, strict=True):
+        n_features = max(1, int(round(f)))
+        points.append({"n_features": n_features, "n_steps": max(1, int(round(c / (k * n_features))))})
+    lrs = lr0 * np.logspace(-lr_span_dex / 2, lr_span_dex / 2, n_lrs)
+    spec: dict[str, Any] = {"name": f"{(stage1_spec or {}).get('name', 'sweep')}-lr"}
+    spec.update({key: stage1_spec[key] for key in CARRIED if stage1_spec and key in stage1_spec})
+    base = dict((stage1_spec or {}).get("base", {}))
+    for key in ("n_features", "n_steps", "lr"):
+        base.pop(key, None)
+    if base:
+        spec["base"] = base
+    spec["points"] = points
+    spec["grid"] = {"lr": [float(f"{lr:.4g}") for lr in lrs]}
+    return spec
