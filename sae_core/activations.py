@@ -170,8 +170,9 @@ def _contexts(texts: Iterable[tuple[str, str]], tokenizer: Any, context_tokens: 
         n_full = len(merged["keep"]) // batch_contexts * batch_contexts
         for start in range(0, n_full, batch_contexts):
             yield {k: v[start:start + batch_contexts] for k, v in merged.items()}
-        buffer = [{k: v[n_full:] for k, v in merged.items()}]
-    if buffer and len(buffer[0]["keep"]):
+        rest = {k: v[n_full:] for k, v in merged.items()}
+        buffer = [rest] if len(rest["keep"]) else []
+    if buffer:
         yield {k: torch.cat([b[k] for b in buffer]) for k in buffer[0]}
 
 
@@ -181,8 +182,6 @@ def generate_activations(reader: ResidualReader, tokenizer: Any,
                          ) -> Iterator[np.ndarray]:
     """Rows [n_kept, d] float32, one array per batch of contexts, until `n_tokens` rows
     or the end of the texts ((name, text) pairs)."""
-    if context_tokens < 2 or batch_contexts < 1 or n_tokens < 1:
-        raise UserError("context_tokens must be >= 2, batch_contexts and n_tokens >= 1")
     produced = 0
     for batch in _contexts(texts, tokenizer, context_tokens, batch_contexts):
         hidden = reader(batch["input_ids"], batch["attention_mask"])
@@ -191,6 +190,13 @@ def generate_activations(reader: ResidualReader, tokenizer: Any,
         produced += len(rows)
         if produced >= n_tokens:
             return
+
+
+def _check_sizes(n_tokens: int, context_tokens: int, batch_contexts: int) -> None:
+    for name, value, least in (("n_tokens", n_tokens, 1), ("context_tokens", context_tokens, 2),
+                               ("batch_contexts", batch_contexts, 1)):
+        if not isinstance(value, int) or value < least:
+            raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
 def _hashed(texts: Iterable[tuple[str, str]], digest: Any) -> Iterator[tuple[str, str]]:
@@ -209,8 +215,9 @@ def build_model_cache(out_dir: str | Path, model: str = "minilm", layer: int | N
     meta.json's "source" records the model, layer, corpus, a sha256 of the text read and
     the generation throughput (activation_tokens_per_s: tokenizer and model, not loading).
     """
+    _check_sizes(n_tokens, context_tokens, batch_contexts)  # before any weights are loaded
     n_layers = n_model_layers(model)
-    layer = check_layer(layer, n_layers, model)  # before any weights are loaded
+    layer = check_layer(layer, n_layers, model)
     request = {"kind": "model", "model": model, "layer": layer, "n_layers": n_layers,
                "corpus": corpora.describe(corpus), "context_tokens": context_tokens,
                "batch_contexts": batch_contexts}
@@ -248,6 +255,7 @@ def activation_throughput(model: str = "minilm", layer: int | None = None,
                           device: str = "cpu") -> dict[str, Any]:
     """Generate `n_tokens` activations without caching them (for bench/): returns
     activation_tokens_per_s (tokenizer + model, after loading), d_in, layer, load_s."""
+    _check_sizes(n_tokens, context_tokens, batch_contexts)
     started = time.perf_counter()
     net, tokenizer = load_model(model, device)
     reader = ResidualReader(net, layer)

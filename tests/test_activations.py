@@ -59,19 +59,20 @@ def test_contexts_have_fixed_length_and_drop_padding_and_specials() -> None:
     from sae_core.activations import _contexts, load_model
 
     _, tokenizer = load_model("minilm")
-    texts = [("a", "word " * 300), ("b", "short text"), ("c", "another short one")]
+    # 248 words fill exactly 4 contexts of 62 (+[CLS], [SEP]): one full batch, then the
+    # two short texts must still come out, in a last, smaller batch.
+    texts = [("a", "word " * 248), ("b", "short text"), ("c", "another short one")]
     batches = list(_contexts(texts, tokenizer, context_tokens=64, batch_contexts=4))
     ids = torch.cat([b["input_ids"] for b in batches])
     keep = torch.cat([b["keep"] for b in batches])
     assert all(b["input_ids"].shape[1] == 64 for b in batches)
     assert [len(b["keep"]) for b in batches][:-1] == [4] * (len(batches) - 1)
-    # 300 "word" tokens in contexts of 62 (+[CLS], [SEP]): 5 contexts, then the two short texts.
-    assert len(ids) == math.ceil(300 / 62) + 2
+    assert len(ids) == math.ceil(248 / 62) + 2
     kept = ids[keep]
     assert set(kept.tolist()) == set(tokenizer("word short text another one",
                                                add_special_tokens=False)["input_ids"])
     # Every text token: BERT's first position is [CLS], dropped with [SEP] and padding.
-    assert int(keep.sum()) == 300 + 2 + 3
+    assert int(keep.sum()) == 248 + 2 + 3
 
 
 @pytest.mark.integration

@@ -73,6 +73,8 @@ def test_cache_npy_import(tmp_path: Path, capsys) -> None:
     (["--synthetic", "--n-tokens", "100", "--l0", "0"], "l0 must lie in"),
     (["--npy", "missing.npy"], "no activations file at missing.npy"),
     (["--model", "minilm", "--corpus", "nowhere/*.txt", "--n-tokens", "10"], "matches no text"),
+    (["--model", "minilm", "--context-tokens", "1", "--n-tokens", "10"],
+     "context_tokens must be an integer >= 2"),
 ])
 def test_cache_bad_input(tmp_path: Path, capsys, monkeypatch, argv, message) -> None:
     monkeypatch.chdir(tmp_path)
