@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,8 @@ class ActivationCache:
             batch = from_storage(rows, self.dtype, self.norm_scale)
             return batch.pin_memory() if device.type == "cuda" else batch
 
-        steps = prefetched(make, start_step) if prefetch else map(make, _count(start_step))
-        for batch in steps:
-            yield batch.to(device, non_blocking=True)
+        steps = prefetched(make, start_step) if prefetch else map(make, count(start_step))
+        return (batch.to(device, non_blocking=True) for batch in steps)
 
     def eval_tokens(self, n_tokens: int, device: str | torch.device = "cpu") -> torch.Tensor:
         """The first min(n_tokens, n_eval_tokens) held-out rows, normalised: [n, d_in]."""
@@ -125,12 +125,6 @@ class ActivationCache:
         rows (the normalisation is one scalar, so directions are the same); else None."""
         file = self.path / "true_dictionary.npy"
         return torch.from_numpy(np.load(file)).float() if file.exists() else None
-
-
-def _count(start: int) -> Iterator[int]:
-    while True:
-        yield start
-        start += 1
 
 
 def read_meta(path: Path) -> dict[str, Any]:

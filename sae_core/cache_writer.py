@@ -63,6 +63,9 @@ class CacheWriter:
             self._staging = np.lib.format.open_memmap(
                 self.tmp_dir / "staging.npy", mode="w+",
                 dtype=STORAGE_DTYPES[self.dtype], shape=(self.n_tokens, rows.shape[1]))
+        if rows.shape[1] != self._staging.shape[1]:
+            raise CacheError(f"a source gave rows of width {rows.shape[1]} after "
+                             f"{self._staging.shape[1]}")
         stored = to_storage(rows, self.dtype)
         if self.dtype == "float16" and not np.isfinite(stored).all():
             raise CacheError("activations overflow float16 (|x| > 65504): use --dtype bfloat16")
@@ -143,6 +146,9 @@ def build_cache(out_dir: str | Path, request: dict[str, Any], n_tokens: int, dty
         started = time.perf_counter()
         writer = CacheWriter(tmp_dir, n_tokens, dtype)
         found = produce(writer)
+        if 0 < writer.n_remaining:
+            print(f"note: the source ran out after {writer.n_written} of {n_tokens} tokens",
+                  file=sys.stderr)
         meta = writer.finish(seed)
         seconds = time.perf_counter() - started
         meta["source"] = {**request, **found}
