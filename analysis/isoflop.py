@@ -34,11 +34,12 @@ def assign_budgets(
     log_c = np.log10(np.asarray(compute_flops, dtype=float))
     out = np.full(log_c.shape, np.nan)
     if budgets is not None:
-        log_b = np.log10(np.asarray(budgets, dtype=float))
+        budgets = np.asarray(budgets, dtype=float)
+        log_b = np.log10(budgets)
         dist = np.abs(log_c[:, None] - log_b[None, :])
         nearest = dist.argmin(axis=1)
         inside = dist[np.arange(len(log_c)), nearest] <= tol_dex
-        out[inside] = 10 ** log_b[nearest[inside]]
+        out[inside] = budgets[nearest[inside]]
         return out
     order = np.argsort(log_c)
     group: list[int] = []

@@ -170,7 +170,8 @@ def _fit(
 ) -> ParametricFit:
     # Screen every start side by side, then run scipy to convergence from the best few.
     if len(starts) > n_polish:
-        screened, values = batched_bfgs(batch, starts, n_iters=screen_iters)
+        with np.errstate(over="ignore", invalid="ignore"):  # wild trial steps: rejected
+            screened, values = batched_bfgs(batch, starts, n_iters=screen_iters)
         starts = screened[np.argsort(np.where(np.isfinite(values), values, np.inf))[:n_polish]]
     best_value, best_theta = np.inf, starts[0]
     for start in starts:
