@@ -124,18 +124,22 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _fits_or_analyze(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    if args.fits:
-        if args.spec or args.runs_csv:
-            raise UserError("give --fits or a source of runs (SPEC / --runs-csv), not both")
-        path = Path(args.fits)
-        if not path.is_file():
-            raise UserError(f"no fits file at {path}: run `monoscale analyze` first")
-        try:
-            return json.loads(path.read_text()), None
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not JSON ({err})") from err
-    runs, sweep, _ = _load_runs(args)
-    return _fit(args, runs, sweep), sweep
+    """(fits, SweepInfo | None): --fits (with SPEC for its cache and base), else analyze."""
+    from analysis import inputs
+
+    if not args.fits:
+        runs, sweep, _ = _load_runs(args)
+        return _fit(args, runs, sweep), sweep
+    if args.runs_csv:
+        raise UserError("give --fits or --runs-csv, not both")
+    path = Path(args.fits)
+    if not path.is_file():
+        raise UserError(f"no fits file at {path}: run `monoscale analyze` first")
+    try:
+        fits = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not JSON ({err})") from err
+    return fits, inputs.load_sweep(args.spec) if args.spec else None
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ def lr_sweep_spec(
         n_features = max(1, int(round(f)))
         points.append({"n_features": n_features, "n_steps": max(1, int(round(c / (k * n_features))))})
     lrs = lr0 * np.logspace(-lr_span_dex / 2, lr_span_dex / 2, n_lrs)
-    spec: dict[str, Any] = {"name": f"{(stage1_spec or {}).get('name', 'sweep')}-lr"}
+    spec: dict[str, Any] = {"name": f"{(stage1_spec or {}).get('name', 'sweep')}-lr", "stage": 2}
     spec.update({key: stage1_spec[key] for key in CARRIED if stage1_spec and key in stage1_spec})
     base = dict((stage1_spec or {}).get("base", {}))
     for key in ("n_features", "n_steps", "lr"):
