@@ -29,9 +29,14 @@ import torch.nn.functional as functional
 from sae_core.model import SAE
 
 # Above this fraction of active (token, feature) entries the dense path is faster.
-# Measured by bench/step_crossover.py on this CPU (2 threads, batch 4096), where both
-# paths ran interleaved over densities; see the numbers in bench/README.md.
-SPARSE_MAX_DENSITY = 0.02
+# bench/step_crossover.py on this CPU (2 threads, batch 4096, both paths interleaved on a
+# busy machine; bench/README.md has the table), seconds dense / sparse:
+#   d=384, F=4096:   density 0.016: 5.3 / 3.0;  0.062: 4.1 / 2.6;  0.12: 3.8 / 3.2;  0.24: 3.2 / 4.1
+#   d=768, F=16384:  density 0.062: 22.0 / 19.5;  0.12: 21.4 / 40.0
+# The crossover is earlier at the large shape (its W_dec, 50 MB, no longer fits in cache
+# for the row gathers), so the switch sits below it. After warm-up densities are far lower
+# (L0 4-18 of 512 on MiniLM, ECOSYSTEM.md; L0 < 300 of F in the paper).
+SPARSE_MAX_DENSITY = 0.05
 # The density is estimated on the first rows of the batch only: rows of a cache batch are
 # shuffled tokens (cache_reader.py), and a 512-row count costs ~1/8 of a full one.
 DENSITY_SAMPLE_ROWS = 512
