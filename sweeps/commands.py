@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -103,7 +102,4 @@ def _ui(args: argparse.Namespace) -> int:
                where.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port),
                "--workers", "1"]
     print(f"MLflow UI: {address}  (Ctrl-C stops it)", flush=True)
-    try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        return 0
+    os.execve(sys.executable, command, env)  # the server replaces this process: no orphan

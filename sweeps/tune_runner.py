@@ -181,8 +181,12 @@ def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
             ),
             run_config=_run_config(spec, root),
         )
-    tuner.fit()
-    manifest.write_text(json.dumps({"keys": keys, "done": True}))
+    results = tuner.fit()
+    # After Ctrl-C, fit() returns early with some trials never ended (ECOSYSTEM.md): keep
+    # the experiment restorable then.
+    ended = all(r.error is not None or {"loss", "diverged"} & set(r.metrics or {})
+                for r in results)
+    manifest.write_text(json.dumps({"keys": keys, "done": ended and len(results) == len(keys)}))
 
 
 def run_search(spec: SweepSpec, point: RunConfig, n_trials: int,
