@@ -64,7 +64,8 @@ def format_table(configs: list[RunConfig], states: dict[str, dict] | None = None
     return "\n".join(lines)
 
 
-def submit(spec: SweepSpec, where: Where, address: str | None = None) -> int:
+def submit(spec: SweepSpec, where: Where, address: str | None = None,
+           parent_tags: dict[str, str] | None = None) -> int:
     """Run every grid point that has no FINISHED run yet. Returns 0 when all have one."""
     from cluster.local import connect, probe
     from sweeps.tune_runner import FAIL_ONCE_ENV, TrialContext, TuneOptions, run_grid
@@ -76,7 +77,7 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None) -> int:
     ray_session = connect(address)
     try:
         target = tracking.open_sweep(where.tracking_uri, spec.name, spec.stage,
-                                     where.artifact_root, spec.path)
+                                     where.artifact_root, spec.path, parent_tags)
         runs = tracking.child_runs(target)
         n_killed = tracking.mark_killed(target, runs, "left running by a driver that died")
         best = tracking.best_run_per_key(runs)

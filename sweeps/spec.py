@@ -20,6 +20,7 @@ or rate is a UserError naming the field path (`grid.n_features[2]`).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Mapping
@@ -276,3 +277,24 @@ def expand(spec: SweepSpec, d_in: int) -> list[RunConfig]:
                             n_steps=n_steps, **{**spec.base, **dict(zip(names, values, strict=True))})
             configs.setdefault(cfg.run_key, cfg)
     return list(configs.values())
+
+
+def with_plan(spec: SweepSpec, plan: Mapping[str, Any]) -> SweepSpec:
+    """Stage 3: the sweep that trains the planned large run (`monoscale plan --out`), with
+    the spec's cache, base and resources. Its name is `<name>-plan`."""
+    run = plan.get("run_config", plan)
+    check_mapping(run, "plan.run_config")
+    known = {"n_features", "n_steps", "lr", "batch_size_tokens", "d_in"}
+    unknown = sorted(set(run) - known - set(_RUN_FIELDS)) if "run_config" in plan else []
+    if unknown:
+        raise SpecError(f"plan.run_config.{unknown[0]}: not a RunConfig field")
+    for key in _SIZE_AXES:
+        if key not in run:
+            raise SpecError(f"plan.{key}: missing")
+    pair = tuple(parse_run_field(k, "int", run[k], f"plan.{k}") for k in _SIZE_AXES)
+    base = dict(spec.base)
+    for key in set(run) & (set(_RUN_FIELDS) - set(_SIZE_AXES)):
+        base[key] = parse_run_field(key, _RUN_FIELDS[key], run[key], f"plan.{key}")
+    return dataclasses.replace(
+        spec, name=f"{spec.name}-plan", stage=3, base=MappingProxyType(base), axes=(),
+        sizes=(pair,), isoflop=None, search=None)  # type: ignore[arg-type]

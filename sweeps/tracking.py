@@ -61,7 +61,7 @@ class TrackingTarget:
 
 
 def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,
-               spec_path: Path) -> TrackingTarget:
+               spec_path: Path, extra_tags: dict[str, str] | None = None) -> TrackingTarget:
     """Create the store (on the driver, before any trial: two trials migrating a fresh
     SQLite schema at once raced, ECOSYSTEM.md), the experiment and the sweep's parent run
     (found again by its tag on a re-submit)."""
@@ -85,6 +85,8 @@ def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,
         tags = {TAG_ROLE: "sweep", TAG_SWEEP: sweep, TAG_STAGE: str(stage),
                 "monoscale.spec": str(spec_path)}
         parent_id = client.create_run(experiment_id, tags=tags, run_name=sweep).info.run_id
+    if extra_tags:
+        client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in extra_tags.items()])
     return TrackingTarget(uri, experiment_id, parent_id, sweep, stage)
 
 

@@ -184,8 +184,9 @@ def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
     results = tuner.fit()
     # After Ctrl-C, fit() returns early with some trials never ended (ECOSYSTEM.md): keep
     # the experiment restorable then.
-    ended = all(r.error is not None or {"loss", "diverged"} & set(r.metrics or {})
-                for r in results)
+    ended = all(results[i].error is not None
+                or {"loss", "diverged"} & set(results[i].metrics or {})
+                for i in range(len(results)))
     manifest.write_text(json.dumps({"keys": keys, "done": ended and len(results) == len(keys)}))
 
 

@@ -149,3 +149,19 @@ def test_shipped_specs_load(name: str) -> None:
         "build"]["synthetic"]["d_in"]
     configs = expand(spec, d_in)
     assert (6 <= len(configs) <= 8) if name == "smoke.yaml" else len(configs) == 12
+
+
+def test_plan_narrows_the_spec_to_the_planned_run(tmp_path: Path) -> None:
+    from sweeps.spec import with_plan
+
+    spec = load_spec(write_spec(tmp_path, BASE + "isoflop: {compute_flops: [1e12], "
+                                "n_features: [256, 1024]}"))
+    plan = {"n_features": 4096, "n_steps": 900, "lr": 2e-3, "compute_flops": 1.0,
+            "run_config": {"n_features": 4096, "n_steps": 900, "lr": 2e-3, "d_in": D_IN,
+                           "batch_size_tokens": 256}}
+    planned = with_plan(spec, plan)
+    assert (planned.name, planned.stage) == ("t-plan", 3)
+    [cfg] = expand(planned, D_IN)
+    assert (cfg.n_features, cfg.n_steps, cfg.lr, cfg.batch_size_tokens) == (4096, 900, 2e-3, 256)
+    with pytest.raises(UserError, match="^plan.n_steps: missing"):
+        with_plan(spec, {"n_features": 8})
