@@ -1,0 +1,110 @@
+"""The analysis reads a sweep's finished runs from a real MLflow store and attaches to it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from analysis.mlflow_reader import attach, read_runs, sweep_parent_run_id
+from analysis.parametric import ParametricFit
+from analysis.synthetic import isoflop_runs
+from sweeps.cli import main
+
+pytestmark = pytest.mark.integration
+
+D_IN, BATCH = 64, 256
+K = 12 * D_IN * BATCH
+TRUTH = ParametricFit(E=0.2, A=40.0, B=20.0, alpha=0.6, beta=0.5, objective=0.0, n_runs=0)
+BUDGETS = [3e10, 1e11, 3e11, 1e12]
+
+
+def _child(client: MlflowClient, exp: str, parent: str, sweep: str, key: str, row: pd.Series,
+           status: str = "FINISHED") -> str:
+    """A child run laid out as sweeps/tracking.py writes them."""
+    tags = {"mlflow.parentRunId": parent, "monoscale.sweep": sweep, "monoscale.run_key": key,
+            "monoscale.stage": "1"}
+    run_id = client.create_run(exp, tags=tags).info.run_id
+    params = {"n_features": int(row.n_features), "n_steps": int(row.n_steps), "lr": 1e-3,
+              "compute_flops": row.compute_flops, "batch_size_tokens": BATCH, "d_in": D_IN}
+    now = int(time.time() * 1000)
+    metrics = {"loss": row.loss, "mse": 0.8 * row.loss, "l0": 12.0, "explained_variance": 0.7,
+               "dead_fraction": 0.01}
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                     metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                     tags=[RunTag("note", "x")])
+    client.set_terminated(run_id, status)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pd.DataFrame, str]:
+    tmp_path = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"  # MLflow 3.17 refuses ./mlruns
+    client = MlflowClient(uri)
+    exp = client.create_experiment("synth", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(exp, tags={"monoscale.role": "sweep", "monoscale.sweep": "synth",
+                                          "monoscale.stage": "1"}).info.run_id
+    runs = isoflop_runs(TRUTH, BUDGETS, K, seed=4)
+    stale = runs.iloc[0].copy()
+    stale["loss"] = 99.0
+    _child(client, exp, parent, "synth", "key0", stale)  # an older attempt at key0
+    time.sleep(0.01)
+    for i, row in enumerate(runs.itertuples()):
+        _child(client, exp, parent, "synth", f"key{i}", row)
+    # Not part of the table either: a failed attempt and another sweep's run.
+    _child(client, exp, parent, "synth", "key-failed", stale, status="FAILED")
+    _child(client, exp, parent, "other", "key-other", stale)
+    client.set_terminated(parent, "FINISHED")
+    return uri, runs, parent
+
+
+def test_read_runs_gives_the_runs_table(store: tuple[str, pd.DataFrame, str]) -> None:
+    uri, planted, parent = store
+    table = read_runs(uri, "synth")
+    assert len(table) == len(planted) and table["loss"].max() < 99
+    assert {"n_features", "n_steps", "lr", "compute_flops", "loss", "mse", "l0",
+            "explained_variance", "dead_fraction", "run_key", "stage", "d_in"} <= set(table.columns)
+    merged = table.merge(planted, on=["n_features", "n_steps"], suffixes=("", "_planted"))
+    assert len(merged) == len(planted)
+    pd.testing.assert_series_equal(merged["loss"], merged["loss_planted"], check_names=False)
+    assert sweep_parent_run_id(uri, "synth") == parent
+
+
+def test_analyze_spec_reads_mlflow_and_attaches(store: tuple[str, pd.DataFrame, str], tmp_path: Path) -> None:
+    uri, _, parent = store
+    spec = tmp_path / "synth.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "synth", "cache": {"path": "cache"}, "base": {"lr": 1e-3, "batch_size_tokens": BATCH},
+        "isoflop": {"compute_flops": BUDGETS, "n_features": [256, 1024]}}))
+    out = tmp_path / "analysis"
+    assert main(["analyze", str(spec), "--tracking-uri", uri, "--out", str(out), "--draws", "10"]) == 0
+    fits = json.loads((out / "fits.json").read_text())
+    assert fits["n_runs"] == 24 and fits["flops_per_feature_step"] == K
+    assert fits["budgets"] == BUDGETS  # the spec's IsoFLOP budgets group the runs
+    assert fits["parametric"]["alpha"]["value"] == pytest.approx(TRUTH.alpha, abs=0.06)
+    names = {a.path for a in MlflowClient(uri).list_artifacts(parent, "analysis")}
+    assert {"analysis/fits.json", "analysis/isoflop.png", "analysis/isoflop.svg"} <= names
+
+
+def test_attach_logs_a_directory(store: tuple[str, pd.DataFrame, str], tmp_path: Path) -> None:
+    uri, _, parent = store
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "fits.json").write_text("{}")
+    attach(uri, parent, tmp_path / "x", artifact_path="again")
+    assert [a.path for a in MlflowClient(uri).list_artifacts(parent, "again")] == ["again/fits.json"]
+
+
+def test_missing_store_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "s", "cache": {"path": "c"},
+                                    "grid": {"n_features": [1, 2], "n_steps": [1]}}))
+    uri = f"sqlite:///{tmp_path / 'none.db'}"
+    assert main(["analyze", str(spec), "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
