@@ -31,6 +31,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--batch-size-tokens", type=int, help="for a CSV without that column")
     cmd.add_argument("--d-in", type=int, help="for a CSV without that column")
     cmd.add_argument("--no-attach", action="store_true", help="do not log the results to MLflow")
+    cmd.add_argument("--plan", metavar="PLAN.json", help="report predicted against achieved loss "
+                     "for this planned run (its run is left out of the fits)")
     cmd.set_defaults(func=_analyze)
 
     cmd = sub.add_parser("plan", help="the large run's F, steps, LR and predicted loss")
@@ -108,7 +110,20 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.draws < 0:
         raise UserError(f"--draws must be >= 0, got {args.draws}")
     runs, sweep, uri = _load_runs(args)
+    planned = None
+    if args.plan:
+        from analysis.plan import check_plan
+
+        plan = _read_json(Path(args.plan), "plan")
+        if {"n_features", "n_steps"} <= set(runs.columns):
+            planned = check_plan(plan, runs)
+        if planned is None:
+            raise UserError(f"no run with n_features={plan.get('n_features')} and "
+                            f"n_steps={plan.get('n_steps')} among the runs: train the plan first")
+        runs = runs[~((runs["n_features"] == plan["n_features"]) & (runs["n_steps"] == plan["n_steps"]))]
     fits = _fit(args, runs, sweep, args.draws)
+    if planned is not None:
+        fits["planned_run"] = planned
     figures = plots.all_figures(prepare_runs(runs, fits["batch_size_tokens"]), fits)
     out = write_analysis_dir(args.out, fits, figures)
     print(summary(fits))
@@ -132,14 +147,20 @@ def _fits_or_analyze(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         return _fit(args, runs, sweep), sweep
     if args.runs_csv:
         raise UserError("give --fits or --runs-csv, not both")
-    path = Path(args.fits)
+    fits = _read_json(Path(args.fits), "fits")
+    return fits, inputs.load_sweep(args.spec) if args.spec else None
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise UserError(f"no fits file at {path}: run `monoscale analyze` first")
+        raise UserError(f"no {what} file at {path}")
     try:
-        fits = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not JSON ({err})") from err
-    return fits, inputs.load_sweep(args.spec) if args.spec else None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -200,4 +221,9 @@ def summary(fits: dict[str, Any]) -> str:
         f"(95% PI {pred['loss']['pi95']})"
     )
     lines += [f"EDGE: {flag}" for flag in fits["edge_flags"]]
+    if fits.get("planned_run"):
+        r = fits["planned_run"]
+        lines.append(f"planned run F={r['n_features']} steps={r['n_steps']}: predicted "
+                     f"{r['predicted_loss']:.4g} (95% PI {r['predicted_loss_pi95']}), achieved "
+                     f"{r['achieved_loss']:.4g} ({r['relative_error']:+.1%}; within PI: {r['within_pi95']})")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from analysis.bootstrap import interval, prediction_interval
 from analysis.parametric import ParametricFit
@@ -26,7 +27,10 @@ def parametric_from_fits(fits: dict[str, Any]) -> ParametricFit:
         values = {k: float(p[k]["value"]) for k in PARAMETRIC_KEYS}
     except (KeyError, TypeError) as err:
         raise UserError(f"fits file has no parametric {err}: rerun `monoscale analyze`") from err
-    return ParametricFit(**values, objective=float(p.get("objective", np.nan)), n_runs=int(fits.get("n_runs", 0)))
+    return ParametricFit(
+        E=values["E"], A=values["A"], B=values["B"], alpha=values["alpha"], beta=values["beta"],
+        objective=float(p.get("objective", np.nan)), n_runs=int(fits.get("n_runs", 0)),
+    )
 
 
 def _draw_fits(fits: dict[str, Any]) -> list[ParametricFit]:
@@ -34,7 +38,8 @@ def _draw_fits(fits: dict[str, Any]) -> list[ParametricFit]:
     if not all(k in draws for k in PARAMETRIC_KEYS):
         return []
     rows = zip(*(draws[k] for k in PARAMETRIC_KEYS), strict=True)
-    return [ParametricFit(*row, objective=np.nan, n_runs=0) for row in rows if None not in row]
+    return [ParametricFit(E=e, A=a, B=b, alpha=alpha, beta=beta, objective=np.nan, n_runs=0)
+            for e, a, b, alpha, beta in rows if None not in (e, a, b, alpha, beta)]
 
 
 def round_features(n_features: float, power_of_two: bool) -> int:
@@ -63,6 +68,7 @@ def plan_run(
     k = float(fits["flops_per_feature_step"])
     law = parametric_from_fits(fits)
     if n_features is None:
+        assert compute_flops is not None
         f_opt, _ = law.optimal_allocation(compute_flops, k)
         n_features = round_features(float(f_opt), power_of_two)
     steps = float(law.steps_for_features(n_features)) if compute_flops is None else compute_flops / (k * n_features)
@@ -93,3 +99,20 @@ def plan_run(
         **{key: fits[key] for key in ("batch_size_tokens", "d_in") if fits.get(key)},
     }
     return plan
+
+
+def check_plan(plan: dict[str, Any], runs: pd.DataFrame) -> dict[str, Any] | None:
+    """Predicted against achieved for the planned run, if the runs table holds it
+    (same n_features and n_steps); None otherwise. METHOD.md s2, stage 3."""
+    match = runs[(runs["n_features"] == plan["n_features"]) & (runs["n_steps"] == plan["n_steps"])]
+    if match.empty:
+        return None
+    achieved = float(match["loss"].iloc[-1])
+    pi = plan.get("predicted_loss_pi95")
+    return {
+        "n_features": plan["n_features"], "n_steps": plan["n_steps"],
+        "predicted_loss": plan["predicted_loss"], "predicted_loss_pi95": pi,
+        "achieved_loss": achieved,
+        "relative_error": achieved / plan["predicted_loss"] - 1,
+        "within_pi95": bool(pi[0] <= achieved <= pi[1]) if pi else None,
+    }

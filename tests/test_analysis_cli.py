@@ -81,6 +81,19 @@ def test_analyze_plan_and_plan_lr(synthetic_csv: Path, tmp_path: Path) -> None:
     lo, hi = plan["predicted_loss_pi95"]
     assert lo < plan["predicted_loss"] < hi
 
+    # Stage 3: the planned run, trained (here: the true law's loss), against its prediction.
+    achieved = float(TRUTH.predict(plan["n_features"], plan["n_steps"]))
+    with_run = tmp_path / "with_run.csv"
+    pd.concat([pd.read_csv(synthetic_csv), pd.DataFrame([{
+        "n_features": plan["n_features"], "n_steps": plan["n_steps"], "lr": plan["lr"],
+        "compute_flops": plan["compute_flops"], "loss": achieved}])]).to_csv(with_run, index=False)
+    assert run_cli("analyze", "--runs-csv", with_run, "--out", tmp_path / "out3", "--draws", "0",
+                   "--plan", plan_path) == 0
+    checked = json.loads((tmp_path / "out3" / "fits.json").read_text())
+    assert checked["n_runs"] == fits["n_runs"]  # the planned run is not fitted
+    assert checked["planned_run"]["achieved_loss"] == pytest.approx(achieved)
+    assert checked["planned_run"]["within_pi95"] is True
+
     spec = tmp_path / "stage1.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "synth", "stage": 1, "cache": {"path": "caches/synth"},
