@@ -49,6 +49,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--budgets", type=int, default=3, metavar="K", help="number of budgets (default 3)")
     cmd.add_argument("--lr-span-dex", type=float, default=1.0, help="width of the LR grid in dex")
     cmd.add_argument("--n-lrs", type=int, default=5, help="LR grid points per budget")
+    cmd.add_argument("--search-trials", type=int, metavar="N",
+                     help="an Optuna TPE search over log LR (N trials) instead of the grid")
     cmd.add_argument("--out", required=True, metavar="SPEC2.yaml")
     cmd.set_defaults(func=_plan_lr)
 
@@ -195,7 +197,7 @@ def _plan_lr(args: argparse.Namespace) -> int:
         absolute = (sweep.path.parent / cache["path"]).resolve()
         cache["path"] = os.path.relpath(absolute, Path(args.out).resolve().parent)
         raw["cache"] = cache
-    spec = lr_sweep_spec(fits, args.budgets, raw, args.lr_span_dex, args.n_lrs)
+    spec = lr_sweep_spec(fits, args.budgets, raw, args.lr_span_dex, args.n_lrs, args.search_trials)
     text = yaml.safe_dump(spec, sort_keys=False)
     write_text_atomic(args.out, text)
     print(text, end="")

@@ -25,8 +25,13 @@ def lr_sweep_spec(
     stage1_spec: dict[str, Any] | None = None,
     lr_span_dex: float = LR_SPAN_DEX,
     n_lrs: int = N_LRS,
+    search_trials: int | None = None,
 ) -> dict[str, Any]:
-    """A sweep-spec dict: K budgets log-spaced over the stage-1 frontier's compute range."""
+    """A sweep-spec dict: K budgets log-spaced over the stage-1 budgets' compute range.
+
+    With search_trials, an Optuna TPE search over log LR in the same range replaces the
+    grid (the sweep spec's `search:` key; sweeps/spec.py).
+    """
     if n_budgets < 2:
         raise UserError(f"an LR law needs at least 2 budgets, got --budgets {n_budgets}")
     lr0 = fits.get("lr_stage1") or (stage1_spec or {}).get("base", {}).get("lr")
@@ -51,5 +56,9 @@ def lr_sweep_spec(
     if base:
         spec["base"] = base
     spec["points"] = points
-    spec["grid"] = {"lr": [float(f"{lr:.4g}") for lr in lrs]}
+    if search_trials:
+        spec["search"] = {"axis": "lr", "range": [float(f"{lrs[0]:.4g}"), float(f"{lrs[-1]:.4g}")],
+                          "n_trials": int(search_trials)}
+    else:
+        spec["grid"] = {"lr": [float(f"{lr:.4g}") for lr in lrs]}
     return spec

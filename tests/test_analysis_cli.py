@@ -108,6 +108,11 @@ def test_analyze_plan_and_plan_lr(synthetic_csv: Path, tmp_path: Path) -> None:
     assert len(loaded.sizes) == 3 and dict(loaded.axes)["lr"][2] == pytest.approx(1e-3)
     f_opt, _ = TRUTH.optimal_allocation(BUDGETS[-1], K)
     assert loaded.sizes[-1][0] == pytest.approx(f_opt, rel=0.2)
+    assert run_cli("plan-lr", spec, "--fits", out / "fits.json", "--budgets", "2",
+                   "--search-trials", "6", "--out", spec2) == 0
+    searched = load_spec(spec2)
+    assert searched.search is not None and searched.search.n_trials == 6
+    assert searched.search.low < 1e-3 < searched.search.high and len(searched.sizes) == 2
 
 
 @pytest.mark.parametrize(("edit", "message"), [
