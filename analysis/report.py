@@ -19,7 +19,7 @@ import pandas as pd
 from analysis.bootstrap import N_DRAWS, bootstrap_draws, interval, prediction_interval
 from analysis.frontier import pareto_frontier
 from analysis.isoflop import BUDGET_TOL_DEX, assign_budgets
-from analysis.laws import derived, fit_laws, split_stages
+from analysis.laws import Laws, derived, fit_laws, split_stages
 from analysis.multistart import single_threaded_blas
 from analysis.parametric import HUBER_DELTA, residuals
 from sae_core.errors import UserError
@@ -67,6 +67,39 @@ def _value(point: float, draws: pd.Series | None) -> dict[str, Any]:
 def _law(coef: float, exponent: float, draws: pd.DataFrame, name: str, source: str) -> dict[str, Any]:
     return {"coefficient": coef, "exponent": exponent, "source": source,
             "exponent_ci95": interval(draws[name]) if name in draws else None}
+
+
+def edge_flags(laws: Laws, tol_dex: float) -> list[str]:
+    """Every budget or LR point whose optimum the grid does not bracket, and a missing
+    IsoFLOP design, each saying what to add."""
+    flags = [e for e in laws.isoflop["edge"] if e]
+    if len(laws.isoflop) < 2:
+        flags.append(
+            f"IsoFLOP needs >= 2 budgets with >= 3 distinct n_features each (within {tol_dex} dex), "
+            f"got {len(laws.isoflop)}: add widths at fixed compute budgets"
+        )
+    if laws.lr_optima is not None:
+        flags += [e for e in laws.lr_optima["edge"] if e]
+    return flags
+
+
+def _allocation_laws(
+    laws: Laws, point: dict[str, float], draws: pd.DataFrame, k: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """F_opt(C) and steps_opt(C): from the IsoFLOP minima, else from the parametric law."""
+    if laws.features_law is not None and laws.steps_law is not None:
+        return (
+            _law(point["features_coefficient"], point["features_exponent"], draws, "features_exponent", "isoflop"),
+            _law(point["steps_coefficient"], point["steps_exponent"], draws, "steps_exponent", "isoflop"),
+        )
+    # F_opt = G (C/k)^a and steps_opt = (C/k)^(1-a) / G
+    p = laws.parametric
+    a_draws = draws["a"] if "a" in draws else pd.Series(dtype=float)
+    features = {"coefficient": p.G * k**-p.a, "exponent": p.a, "source": "parametric",
+                "exponent_ci95": interval(a_draws)}
+    steps = {"coefficient": k ** (p.a - 1) / p.G, "exponent": 1 - p.a, "source": "parametric",
+             "exponent_ci95": interval(1 - a_draws)}
+    return features, steps
 
 
 def analyze(
@@ -118,25 +151,8 @@ def _analyze(
     if draws.empty:
         draws = pd.DataFrame(columns=list(point))
     log_res = residuals(laws.parametric, stage1["n_features"], stage1["n_steps"], stage1["loss"])
-    p = laws.parametric
-    iso = laws.isoflop
-    edge_flags = [e for e in iso["edge"] if e]
-    if len(iso) < 2:
-        edge_flags.append(
-            f"IsoFLOP needs >= 2 budgets with >= 3 distinct n_features each (within {tol_dex} dex), "
-            f"got {len(iso)}: add widths at fixed compute budgets"
-        )
-    if laws.lr_optima is not None:
-        edge_flags += [e for e in laws.lr_optima["edge"] if e]
-    if laws.features_law is not None and laws.steps_law is not None:
-        features = _law(point["features_coefficient"], point["features_exponent"], draws, "features_exponent", "isoflop")
-        steps = _law(point["steps_coefficient"], point["steps_exponent"], draws, "steps_exponent", "isoflop")
-    else:  # F_opt = G (C/k)^a and steps_opt = (C/k)^(1-a) / G from the parametric law
-        a_draws = draws["a"] if "a" in draws else pd.Series(dtype=float)
-        features = {"coefficient": p.G * k**-p.a, "exponent": p.a, "source": "parametric",
-                    "exponent_ci95": interval(a_draws)}
-        steps = {"coefficient": k ** (p.a - 1) / p.G, "exponent": 1 - p.a, "source": "parametric",
-                 "exponent_ci95": interval(1 - a_draws)}
+    p, iso = laws.parametric, laws.isoflop
+    features, steps = _allocation_laws(laws, point, draws, k)
     fits: dict[str, Any] = {
         "n_runs": len(runs), "n_runs_stage1": len(stage1), "n_runs_lr": len(lr_runs),
         "flops_per_feature_step": k, "batch_size_tokens": batch_size_tokens, "d_in": d_in,
@@ -158,7 +174,7 @@ def _analyze(
             "loss": {**_value(point["target_loss"], draws.get("target_loss")),
                      "pi95": prediction_interval(draws.get("target_loss", pd.Series(dtype=float)), log_res)},
         },
-        "edge_flags": edge_flags,
+        "edge_flags": edge_flags(laws, tol_dex),
         "isoflop": iso.to_dict("records"),
         "frontier": pareto_frontier(stage1)[["compute_flops", "loss", "n_features", "n_steps"]].to_dict("records"),
         "bootstrap": {
