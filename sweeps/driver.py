@@ -89,7 +89,8 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
             target=target, configs={c.run_key: c.to_dict() for c in configs},
             runs_dir=str(where.storage_dir / "runs" / spec.name),
             log_weights=spec.log_weights,
-            fail_once_after_checkpoint=bool(os.environ.get(FAIL_ONCE_ENV)))
+            fail_once_after_checkpoint=bool(os.environ.get(FAIL_ONCE_ENV)),
+            cpus_per_trial=spec.resources.cpu, gpus_per_trial=spec.resources.gpu)
         options = TuneOptions(where.storage_dir, Path(ctx.runs_dir))
         if spec.search is not None:
             _search(spec, configs, target, ctx, options)

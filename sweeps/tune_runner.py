@@ -80,6 +80,8 @@ class TrialContext:
     runs_dir: str
     log_weights: bool = False
     fail_once_after_checkpoint: bool = False
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -91,6 +93,13 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         cfg = RunConfig.from_dict(ctx.configs[config["run_key"]])
     else:  # a search trial: the point's config at the sampled lr
         cfg = RunConfig.from_dict(ctx.configs[config["point_key"]]).replace(lr=config["lr"])
+    if cfg.num_threads == 0:  # one torch thread per CPU Ray gave the trial, no more
+        cfg = cfg.replace(num_threads=max(1, int(ctx.cpus_per_trial)))
+    if 0 < ctx.gpus_per_trial < 1:
+        import torch
+
+        if torch.cuda.is_available():  # Ray packs trials on a GPU but caps no memory
+            torch.cuda.set_per_process_memory_fraction(ctx.gpus_per_trial)
     earlier = child_runs(ctx.target, cfg.run_key)
     finished = [r for r in earlier if r.info.status == "FINISHED"]
     if finished:  # a restored Tune trial whose run a previous driver saw finish
