@@ -49,6 +49,18 @@ def split_stages(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, float 
     return stage1, runs[in_lr], lr_stage1
 
 
+def loss_frontier(stage1: pd.DataFrame, isoflop: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(compute, loss) points the frontier-loss law is fitted to: the parabola minima of
+    >= 3 unflagged IsoFLOP budgets (one point per budget, between the sampled widths),
+    else the Pareto frontier of all runs (in an IsoFLOP design it holds several runs per
+    budget, whose step-rounding spreads their compute a little)."""
+    clean = isoflop[isoflop["edge"] == ""]
+    if len(clean) >= 3:
+        return clean["compute_flops"], clean["loss_opt"]
+    front = pareto_frontier(stage1)
+    return front["compute_flops"], front["loss"]
+
+
 def _optional(fit, *args, **kwargs):  # type: ignore[no-untyped-def]
     try:
         return fit(*args, **kwargs)
@@ -74,8 +86,7 @@ def fit_laws(
         used = trusted(isoflop)
         features_law = _optional(fit_power_law, used["compute_flops"], used["n_features_opt"])
         steps_law = _optional(fit_power_law, used["compute_flops"], used["n_steps_opt"])
-    front = pareto_frontier(stage1)
-    loss_law = _optional(fit_offset_power_law, front["compute_flops"], front["loss"])
+    loss_law = _optional(fit_offset_power_law, *loss_frontier(stage1, isoflop))
     lr_optima = lr_law = None
     if len(lr_runs):
         lr_optima = fit_lr_optima(lr_runs)

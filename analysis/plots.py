@@ -16,10 +16,19 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from analysis.isoflop import assign_budgets  # noqa: E402
 
 COMPUTE_LABEL = "training compute C (FLOPs)"
+
+
+def _tidy_log_axes(fig: Figure) -> Figure:
+    """No minor-tick labels on log x axes: over less than a decade they overlap."""
+    for ax in fig.axes:
+        if ax.get_xscale() == "log":
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    return fig
 
 
 def _compute_grid(fits: dict[str, Any], runs: pd.DataFrame) -> np.ndarray:
@@ -48,13 +57,16 @@ def loss_vs_compute(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
                     norm=LogNorm(), s=22, edgecolor="k", linewidth=0.3, label="runs")
     fig.colorbar(sc, ax=ax, label="n_features F")
     front = pd.DataFrame(fits["frontier"])
-    ax.plot(front["compute_flops"], front["loss"], "k.", ms=9, label="frontier (best loss so far)")
+    ax.plot(front["compute_flops"], front["loss"], "k.", ms=6, label="frontier (best loss so far)")
+    iso = pd.DataFrame(fits["isoflop"])
+    if not iso.empty:
+        ax.plot(iso["compute_flops"], iso["loss_opt"], "rD", ms=5, mfc="none", label="IsoFLOP minima")
     law = fits["loss_vs_compute"]
     if law.get("coefficient") is not None:
         c = _compute_grid(fits, runs)
         e = law["irreducible"]["value"]
         ax.plot(c, e + law["coefficient"] * c ** law["exponent"], "r-",
-                label=f"L = {e:.3g} + {law['coefficient']:.3g} C^{law['exponent']:.3f}")
+                label=f"L = {e:.3g} + {law['coefficient']:.3g} C^{law['exponent']:.3f} ({law['source']})")
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel="final held-out loss",
            title="Loss against compute")
     ax.legend(fontsize=8)
@@ -148,4 +160,4 @@ def all_figures(runs: pd.DataFrame, fits: dict[str, Any]) -> dict[str, Figure]:
     }
     if fits.get("lr_optima"):
         figs["lr"] = lr_curves(runs, fits)
-    return figs
+    return {name: _tidy_log_axes(fig) for name, fig in figs.items()}

@@ -162,7 +162,8 @@ def _analyze(
             "objective": p.objective, "huber_delta": HUBER_DELTA, "G": p.G,
         },
         "loss_vs_compute": {
-            **_law(point["loss_coefficient"], point["loss_exponent"], draws, "loss_exponent", "pareto frontier"),
+            **_law(point["loss_coefficient"], point["loss_exponent"], draws, "loss_exponent",
+                   "IsoFLOP minima" if (iso["edge"] == "").sum() >= 3 else "pareto frontier"),
             "irreducible": _value(point["loss_irreducible"], draws.get("loss_irreducible")),
         },
         "features_opt": features,
