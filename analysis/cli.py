@@ -175,7 +175,10 @@ def _plan(args: argparse.Namespace) -> int:
     plan = plan_run(fits, args.compute, args.features, args.power_of_two)
     if sweep is not None:
         plan["sweep"] = sweep.name
-        plan["cache"] = sweep.raw.get("cache")
+        cache = dict(sweep.raw.get("cache") or {})
+        if cache.get("path"):  # relative to the spec file: make it absolute
+            cache["path"] = str((sweep.path.parent / cache["path"]).resolve())
+        plan["cache"] = cache
         plan["run_config"] = {**sweep.raw.get("base", {}), **plan["run_config"]}
     text = json.dumps(plan, indent=2)
     write_text_atomic(args.out, text + "\n")

@@ -59,6 +59,18 @@ def test_planned_allocation_at_10x_within_intervals(fits: dict) -> None:
                                   "batch_size_tokens": BATCH, "d_in": D_IN}
 
 
+def test_plan_for_a_fixed_width(fits: dict) -> None:
+    """--features F alone: the steps at which F is compute-optimal (inverse allocation)."""
+    c = 3e12
+    f_opt, s_opt = TRUTH.optimal_allocation(c, K)
+    plan = plan_run(fits, n_features=int(round(f_opt)))
+    assert plan["n_steps"] == pytest.approx(s_opt, rel=0.1)
+    assert plan["compute_flops"] == pytest.approx(c, rel=0.15)
+    both = plan_run(fits, compute_flops=c, n_features=1024, power_of_two=True)
+    assert both["n_features"] == 1024 and both["n_steps"] == round(c / (K * 1024))
+    assert plan_run(fits, compute_flops=c, power_of_two=True)["n_features"] in (1024, 2048, 4096)
+
+
 @pytest.mark.parametrize(("n_reps", "n_draws"), [
     (20, 30), pytest.param(40, 60, marks=pytest.mark.integration)])
 def test_alpha_interval_coverage(n_reps: int, n_draws: int) -> None:
