@@ -57,6 +57,23 @@ def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
                         "`ray start --head` or check --address") from None
 
 
+def _use_token_auth_if_available() -> None:
+    """Ray 2.60 turns token auth on by default for clusters it starts, but a driver joining
+    one by address sends no token unless RAY_AUTH_MODE=token (measured here: "Authentication
+    token is missing or incorrect" against `ray start --head`, with ~/.ray/auth_token
+    present). Turn it on when a token is at hand and the user chose no mode."""
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN")
+                                              or os.path.exists(token_path)):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray caches its config at import: refresh it, as ray.init does for new clusters
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):
+            pass
+
+
 def local_gpu_count() -> int:
     import torch
 
@@ -73,10 +90,13 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     # own progress.
     if address:
         probe(address)
+        _use_token_auth_if_available()
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError) as err:
-            raise UserError(f"cannot join the Ray cluster at {address}: {err}") from None
+            raise UserError(f"cannot join the Ray cluster at {address}: {err} (a cluster with "
+                            "token auth needs its token in ~/.ray/auth_token or "
+                            "RAY_AUTH_TOKEN)") from None
         return RaySession(address, started_here=True)
     ray.init(
         address="local",  # never join a cluster `ray start` left running by accident
