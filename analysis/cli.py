@@ -114,15 +114,7 @@ def _analyze(args: argparse.Namespace) -> int:
     runs, sweep, uri = _load_runs(args)
     planned = None
     if args.plan:
-        from analysis.plan import check_plan
-
-        plan = _read_json(Path(args.plan), "plan")
-        if {"n_features", "n_steps"} <= set(runs.columns):
-            planned = check_plan(plan, runs)
-        if planned is None:
-            raise UserError(f"no run with n_features={plan.get('n_features')} and "
-                            f"n_steps={plan.get('n_steps')} among the runs: train the plan first")
-        runs = runs[~((runs["n_features"] == plan["n_features"]) & (runs["n_steps"] == plan["n_steps"]))]
+        planned, runs = _check_plan(Path(args.plan), runs, sweep, uri)
     fits = _fit(args, runs, sweep, args.draws)
     if planned is not None:
         fits["planned_run"] = planned
@@ -138,6 +130,31 @@ def _analyze(args: argparse.Namespace) -> int:
             attach(uri, parent, out)
             print(f"attached to MLflow run {parent} (artifacts/analysis)")
     return 0
+
+
+def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None) -> tuple[dict[str, Any], Any]:
+    """(predicted-vs-achieved report, runs without the planned run). The planned run is
+    looked for among the runs, then in the sweep `<name>-plan` that `submit --plan` fills."""
+    import pandas as pd
+
+    from analysis.plan import check_plan
+
+    plan = _read_json(path, "plan")
+    candidates = runs
+    if sweep is not None and uri is not None:
+        from analysis.mlflow_reader import read_runs
+
+        try:
+            candidates = pd.concat([runs, read_runs(uri, f"{sweep.name}-plan")], ignore_index=True)
+        except UserError:
+            pass  # not trained yet: reported below
+    report = check_plan(plan, candidates) if {"n_features", "n_steps"} <= set(runs.columns) else None
+    if report is None:
+        raise UserError(f"no run with n_features={plan.get('n_features')} and n_steps="
+                        f"{plan.get('n_steps')} among the runs: train the plan first "
+                        "(monoscale submit SPEC --plan PLAN.json)")
+    same = (runs["n_features"] == plan["n_features"]) & (runs["n_steps"] == plan["n_steps"])
+    return report, runs[~same]
 
 
 def _fits_or_analyze(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
