@@ -13,6 +13,7 @@ Where things live (`--storage DIR`, default `./.monoscale` under the working dir
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,12 +155,29 @@ def status(spec: SweepSpec, where: Where) -> str:
     """The grid points with their state and final loss, read from MLflow."""
     tracking.check_tracking_uri(where.tracking_uri)
     try:
-        configs = plan(spec, build=False, verify="size")
+        configs = [] if spec.search else plan(spec, build=False, verify="size")
     except UserError:  # no cache yet: show what MLflow holds
         configs = []
     target = tracking.find_sweep(where.tracking_uri, spec.name)
     best = tracking.best_run_per_key(tracking.child_runs(target)) if target else {}
     states = {k: tracking.run_summary(r) for k, r in best.items()}
-    if not configs:
-        return "\n".join(f"{k}  {s['state']:9}  {s['loss']}" for k, s in states.items())
+    known = {c.run_key for c in configs}
+    for key, run in best.items():  # search trials, or points the spec no longer has
+        if key not in known:
+            fields = {k: v for k, v in run.data.params.items() if k in RunConfig.__annotations__}
+            try:
+                configs.append(RunConfig.from_dict(_typed(fields)))
+            except (UserError, TypeError, ValueError):
+                continue
     return format_table(configs, states)
+
+
+def _typed(params: dict[str, str]) -> dict[str, object]:
+    """MLflow params are strings; RunConfig wants its field types back."""
+    out: dict[str, object] = {}
+    for key, text in params.items():
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = None if text == "None" else text
+    return out
