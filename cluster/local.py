@@ -67,7 +67,7 @@ def _use_token_auth_if_available() -> None:
                                               or os.path.exists(token_path)):
         os.environ["RAY_AUTH_MODE"] = "token"
         try:  # Ray caches its config at import: refresh it, as ray.init does for new clusters
-            from ray._raylet import Config
+            from ray._raylet import Config  # type: ignore[attr-defined]
 
             Config.initialize("")
         except (ImportError, AttributeError):
