@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -104,6 +105,25 @@ max_concurrent_trials: {CONCURRENCY}
     return spec
 
 
+# What each new trial process does before its first MLflow run can start: import the
+# trainable's modules (Ray Tune, MLflow, torch) and open the SQLite store.
+_COLD_START = """
+import sys, time
+start = time.perf_counter()
+import sweeps.tune_runner, sae_core.run
+from mlflow import MlflowClient
+MlflowClient(sys.argv[1]).search_experiments()
+print(time.perf_counter() - start)
+"""
+
+
+def worker_cold_start_s(tracking_uri: str) -> float:
+    """A fresh interpreter's cold start as a trial process, timed inside it."""
+    out = subprocess.run([sys.executable, "-c", _COLD_START, tracking_uri], cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def ray_sweep(spec_path: Path, root: Path) -> dict[str, float]:
     """Local Ray start (timed alone), then the sweep through `submit`; trial times from
     MLflow."""
@@ -119,6 +139,7 @@ def ray_sweep(spec_path: Path, root: Path) -> dict[str, float]:
         tracking.check_tracking_uri(where.tracking_uri)
         MlflowClient(where.tracking_uri).search_experiments()
         store_init_s = time.perf_counter() - start
+        cold_start_s = worker_cold_start_s(where.tracking_uri)
         submitted_ms = time.time() * 1000
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
@@ -138,6 +159,7 @@ def ray_sweep(spec_path: Path, root: Path) -> dict[str, float]:
     last_end_ms = max(r.info.end_time for r in runs)
     return {"trials_span_s": (last_end_ms - first_start_ms) / 1000,
             "ray_start_s": ray_start_s, "mlflow_store_init_s": store_init_s,
+            "worker_cold_start_s": cold_start_s,
             "sweep_wall_s": sweep_wall_s,
             "first_trial_start_s": (first_start_ms - submitted_ms) / 1000,
             "trial_s_sum": sum(trial_s), "trial_s_min": min(trial_s),
@@ -185,6 +207,8 @@ def main() -> None:
         "mlflow_store_init_s": round(sweep["mlflow_store_init_s"], 2),
         "sweep_wall_s": round(sweep["sweep_wall_s"], 2),
         "first_trial_start_s": round(sweep["first_trial_start_s"], 2),
+        # part of the above: one trial process's imports and first SQLite connection
+        "worker_cold_start_s": round(sweep["worker_cold_start_s"], 2),
         "trial_s_sum": round(sweep["trial_s_sum"], 2),
         "trial_s_mean": round(sweep["trial_s_sum"] / N_TRIALS, 2),
         "trial_s_min": round(sweep["trial_s_min"], 2),
