@@ -6,13 +6,9 @@ Heavy imports (ray, mlflow, torch) happen inside the handlers, so `--help` stays
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
-
-from sae_core.errors import UserError
-from sweeps.spec import SweepSpec
 
 DEMO_SPEC = Path(__file__).with_name("demo.yaml")
 
@@ -69,7 +65,9 @@ def _submit(args: argparse.Namespace) -> int:
     where = Where.resolve(args.storage, args.tracking_uri)
     parent_tags = None
     if getattr(args, "plan", None):
-        spec, parent_tags = _planned(spec, Path(args.plan))
+        from sweeps.planned_run import planned_sweep
+
+        spec, parent_tags = planned_sweep(spec, Path(args.plan))
     if getattr(args, "dry_run", False):
         configs = expand(spec, planned_d_in(spec))  # builds nothing
         print(format_table(configs))
@@ -80,29 +78,6 @@ def _submit(args: argparse.Namespace) -> int:
               f"{' per lr trial' if spec.search else ''}")
         return 0
     return submit(spec, where, args.address, parent_tags)
-
-
-def _planned(spec: SweepSpec, path: Path) -> tuple[SweepSpec, dict[str, str]]:
-    """The spec narrowed to the planned run; the prediction goes on the parent run, for
-    `monoscale analyze` to set against the achieved loss."""
-    from sweeps.cache_setup import planned_d_in
-    from sweeps.spec import with_plan
-
-    try:
-        plan = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"--plan {path}: cannot read a plan: {err}") from None
-    if not isinstance(plan, dict):
-        raise UserError(f"--plan {path}: not a JSON object")
-    planned = with_plan(spec, plan)
-    d_in = plan.get("run_config", plan).get("d_in")
-    if d_in is not None and d_in != planned_d_in(spec):
-        raise UserError(f"--plan {path}: planned for d_in={d_in}, the cache has "
-                        f"d_in={planned_d_in(spec)}")
-    tags = {f"monoscale.{k}": json.dumps(plan[k]) for k in
-            ("predicted_loss", "predicted_loss_pi95", "predicted_loss_ci95", "compute_flops")
-            if k in plan}
-    return planned, tags
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -20,7 +20,6 @@ or rate is a UserError naming the field path (`grid.n_features[2]`).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 from collections.abc import Mapping
@@ -43,8 +42,8 @@ from sweeps.spec_values import (
 # RunConfig fields a spec may not set: they come from the cache and the axes.
 _RESERVED = frozenset({"cache_dir", "d_in"})
 # field -> its annotation as text ("int", "float", "str", "int | None")
-_RUN_FIELDS = {f.name: str(f.type) for f in fields(RunConfig) if f.name not in _RESERVED}
-_SIZE_AXES = ("n_features", "n_steps")
+RUN_FIELDS = {f.name: str(f.type) for f in fields(RunConfig) if f.name not in _RESERVED}
+SIZE_AXES = ("n_features", "n_steps")
 _TOP_KEYS = ("name", "stage", "cache", "base", "grid", "points", "isoflop", "search",
              "resources", "max_concurrent_trials", "max_failures", "log_weights")
 
@@ -127,11 +126,11 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
     base = data.get("base") or {}
     check_mapping(base, "base")
     for key, value in base.items():
-        if key not in _RUN_FIELDS:
+        if key not in RUN_FIELDS:
             raise SpecError(f"base.{key}: not a RunConfig field "
-                            f"(known: {', '.join(sorted(_RUN_FIELDS))})")
-        parse_run_field(key, _RUN_FIELDS[key], value, f"base.{key}")
-    for key in _SIZE_AXES:
+                            f"(known: {', '.join(sorted(RUN_FIELDS))})")
+        parse_run_field(key, RUN_FIELDS[key], value, f"base.{key}")
+    for key in SIZE_AXES:
         if key in base:
             raise SpecError(f"base.{key}: set it on an axis (grid, points or isoflop)")
 
@@ -139,17 +138,17 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
     check_mapping(grid, "grid")
     axes: dict[str, tuple[Any, ...]] = {}
     for key, value in grid.items():
-        if key not in _RUN_FIELDS:
+        if key not in RUN_FIELDS:
             raise SpecError(f"grid.{key}: not a RunConfig field")
         if key in base:
             raise SpecError(f"grid.{key}: also set in base; set it in one place")
-        axes[key] = parse_axis(key, _RUN_FIELDS[key], value, f"grid.{key}")
+        axes[key] = parse_axis(key, RUN_FIELDS[key], value, f"grid.{key}")
 
     sizes, isoflop = _parse_sizes(data, axes)
     search = _parse_search(data.get("search"), axes)
     return SweepSpec(
         name=name, path=path, cache=cache_spec, base=MappingProxyType(dict(base)),
-        axes=tuple((k, v) for k, v in axes.items() if k not in _SIZE_AXES),
+        axes=tuple((k, v) for k, v in axes.items() if k not in SIZE_AXES),
         sizes=sizes, isoflop=isoflop, search=search,
         resources=_parse_resources(data.get("resources") or {}),
         stage=_positive_int(data.get("stage", 1), "stage"),
@@ -164,7 +163,7 @@ def _parse_sizes(data: Mapping[str, Any], axes: dict[str, tuple[Any, ...]]
                  ) -> tuple[tuple[tuple[int, int], ...] | None, IsoflopSpec | None]:
     """The (F, steps) pairs: a cross product, explicit points, or IsoFLOP budgets."""
     given = [k for k in ("points", "isoflop") if k in data]
-    on_grid = [k for k in _SIZE_AXES if k in axes]
+    on_grid = [k for k in SIZE_AXES if k in axes]
     if len(given) > 1 or (given and on_grid):
         raise SpecError(f"{' and '.join(given + ['grid.' + k for k in on_grid])}: give the "
                         "sizes one way only (grid axes, points or isoflop)")
@@ -175,9 +174,9 @@ def _parse_sizes(data: Mapping[str, Any], axes: dict[str, tuple[Any, ...]]
         pairs = []
         for i, point in enumerate(points):
             check_mapping(point, f"points[{i}]")
-            check_keys(point, f"points[{i}].", _SIZE_AXES, required=_SIZE_AXES)
+            check_keys(point, f"points[{i}].", SIZE_AXES, required=SIZE_AXES)
             pairs.append(tuple(parse_run_field(k, "int", point[k], f"points[{i}].{k}")
-                               for k in _SIZE_AXES))
+                               for k in SIZE_AXES))
         return tuple(pairs), None  # type: ignore[arg-type]
     if "isoflop" in data:
         iso = data["isoflop"]
@@ -189,7 +188,7 @@ def _parse_sizes(data: Mapping[str, Any], axes: dict[str, tuple[Any, ...]]
                                      "isoflop.compute_flops"),
             n_features=parse_axis("n_features", "int", iso["n_features"],
                                   "isoflop.n_features"))
-    missing = [k for k in _SIZE_AXES if k not in axes]
+    missing = [k for k in SIZE_AXES if k not in axes]
     if missing:
         raise SpecError(f"grid.{missing[0]}: missing (or give points: or isoflop:)")
     return tuple(itertools.product(axes["n_features"], axes["n_steps"])), None
@@ -278,23 +277,3 @@ def expand(spec: SweepSpec, d_in: int) -> list[RunConfig]:
             configs.setdefault(cfg.run_key, cfg)
     return list(configs.values())
 
-
-def with_plan(spec: SweepSpec, plan: Mapping[str, Any]) -> SweepSpec:
-    """Stage 3: the sweep that trains the planned large run (`monoscale plan --out`), with
-    the spec's cache, base and resources. Its name is `<name>-plan`."""
-    run = plan.get("run_config", plan)
-    check_mapping(run, "plan.run_config")
-    known = {"n_features", "n_steps", "lr", "batch_size_tokens", "d_in"}
-    unknown = sorted(set(run) - known - set(_RUN_FIELDS)) if "run_config" in plan else []
-    if unknown:
-        raise SpecError(f"plan.run_config.{unknown[0]}: not a RunConfig field")
-    for key in _SIZE_AXES:
-        if key not in run:
-            raise SpecError(f"plan.{key}: missing")
-    pair = tuple(parse_run_field(k, "int", run[k], f"plan.{k}") for k in _SIZE_AXES)
-    base = dict(spec.base)
-    for key in set(run) & (set(_RUN_FIELDS) - set(_SIZE_AXES)):
-        base[key] = parse_run_field(key, _RUN_FIELDS[key], run[key], f"plan.{key}")
-    return dataclasses.replace(
-        spec, name=f"{spec.name}-plan", stage=3, base=MappingProxyType(base), axes=(),
-        sizes=(pair,), isoflop=None, search=None)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Ray Tune and Optuna, and only here: grid points become Tune trials.
 
 Each trial receives one grid point's RunConfig (by run_key) and a small `TrialContext`,
-opens its own MLflow child run (trial.py), trains with `run_from_cache`, and reports
+opens its own MLflow child run (tracking.py), trains with `run_from_cache`, and reports
 its checkpoints to Tune so that a retried trial resumes from the last one.
 
 Idempotence does not rest on Tune's state: MLflow is the record. A grid point with a

@@ -152,7 +152,7 @@ def test_shipped_specs_load(name: str) -> None:
 
 
 def test_plan_narrows_the_spec_to_the_planned_run(tmp_path: Path) -> None:
-    from sweeps.spec import with_plan
+    from sweeps.planned_run import with_plan
 
     spec = load_spec(write_spec(tmp_path, BASE + "isoflop: {compute_flops: [1e12], "
                                 "n_features: [256, 1024]}"))
