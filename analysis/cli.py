@@ -120,7 +120,9 @@ def _analyze(args: argparse.Namespace) -> int:
         fits["planned_run"] = planned
     figures = plots.all_figures(prepare_runs(runs, fits["batch_size_tokens"]), fits)
     out = write_analysis_dir(args.out, fits, figures)
-    print(summary(fits))
+    from analysis.report import format_summary
+
+    print(format_summary(fits))
     print(f"wrote {out}/fits.json and {len(figures)} plots (PNG + SVG)")
     if sweep is not None and uri is not None and not args.no_attach:
         from analysis.mlflow_reader import attach, sweep_parent_run_id
@@ -222,30 +224,3 @@ def _plan_lr(args: argparse.Namespace) -> int:
     write_text_atomic(args.out, text)
     print(text, end="")
     return 0
-
-
-def summary(fits: dict[str, Any]) -> str:
-    """A few lines for the terminal: the laws and the prediction."""
-    p, pred = fits["parametric"], fits["prediction"]
-    lines = [
-        f"runs: {fits['n_runs']}  parametric: E={p['E']['value']:.4g} A={p['A']['value']:.4g} "
-        f"B={p['B']['value']:.4g} alpha={p['alpha']['value']:.4f} {p['alpha']['ci95']} "
-        f"beta={p['beta']['value']:.4f} {p['beta']['ci95']}",
-    ]
-    for key in ("features_opt", "steps_opt", "loss_vs_compute", "lr_opt"):
-        if fits.get(key) and fits[key].get("exponent") is not None:
-            law = fits[key]
-            lines.append(f"{key}: {law['coefficient']:.4g} * C^{law['exponent']:.4f} "
-                         f"(exponent 95% CI {law['exponent_ci95']})")
-    lines.append(
-        f"at C={pred['compute_flops']:.3g}: F_opt={pred['n_features_opt']['value']:.4g} "
-        f"steps_opt={pred['n_steps_opt']['value']:.4g} loss={pred['loss']['value']:.4g} "
-        f"(95% PI {pred['loss']['pi95']})"
-    )
-    lines += [f"EDGE: {flag}" for flag in fits["edge_flags"]]
-    if fits.get("planned_run"):
-        r = fits["planned_run"]
-        lines.append(f"planned run F={r['n_features']} steps={r['n_steps']}: predicted "
-                     f"{r['predicted_loss']:.4g} (95% PI {r['predicted_loss_pi95']}), achieved "
-                     f"{r['achieved_loss']:.4g} ({r['relative_error']:+.1%}; within PI: {r['within_pi95']})")
-    return "\n".join(lines)

@@ -193,6 +193,37 @@ def _analyze(
     return to_json_safe(fits)
 
 
+def format_summary(fits: dict[str, Any]) -> str:
+    """A few lines for the terminal: the laws and the prediction."""
+    p, pred = fits["parametric"], fits["prediction"]
+    lines = [
+        f"runs: {fits['n_runs']}  parametric: E={p['E']['value']:.4g} A={p['A']['value']:.4g} "
+        f"B={p['B']['value']:.4g} alpha={p['alpha']['value']:.4f} {_ci(p['alpha']['ci95'])} "
+        f"beta={p['beta']['value']:.4f} {_ci(p['beta']['ci95'])}",
+    ]
+    for key in ("features_opt", "steps_opt", "loss_vs_compute", "lr_opt"):
+        if fits.get(key) and fits[key].get("exponent") is not None:
+            law = fits[key]
+            lines.append(f"{key}: {law['coefficient']:.4g} * C^{law['exponent']:.4f} "
+                         f"(exponent 95% CI {_ci(law['exponent_ci95'])})")
+    lines.append(
+        f"at C={pred['compute_flops']:.3g}: F_opt={pred['n_features_opt']['value']:.4g} "
+        f"steps_opt={pred['n_steps_opt']['value']:.4g} loss={pred['loss']['value']:.4g} "
+        f"(95% PI {_ci(pred['loss']['pi95'])})"
+    )
+    lines += [f"EDGE: {flag}" for flag in fits["edge_flags"]]
+    if fits.get("planned_run"):
+        r = fits["planned_run"]
+        lines.append(f"planned run F={r['n_features']} steps={r['n_steps']}: predicted "
+                     f"{r['predicted_loss']:.4g} (95% PI {_ci(r['predicted_loss_pi95'])}), achieved "
+                     f"{r['achieved_loss']:.4g} ({r['relative_error']:+.1%}; within PI: {r['within_pi95']})")
+    return "\n".join(lines)
+
+
+def _ci(interval_: list[float] | None) -> str:
+    return "n/a" if not interval_ else f"[{interval_[0]:.4g}, {interval_[1]:.4g}]"
+
+
 def to_json_safe(obj: Any) -> Any:
     """NaN/inf -> None and numpy scalars -> Python, recursively (json.dump writes NaN)."""
     if isinstance(obj, dict):

@@ -108,3 +108,29 @@ def test_missing_store_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFix
     uri = f"sqlite:///{tmp_path / 'none.db'}"
     assert main(["analyze", str(spec), "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2
     assert "no MLflow store" in capsys.readouterr().err
+
+
+def test_analyze_plan_finds_the_run_in_the_plan_sweep(store: tuple[str, pd.DataFrame, str],
+                                                      tmp_path: Path) -> None:
+    """`submit SPEC --plan` trains into the sweep `<name>-plan`; analyze --plan finds it there."""
+    uri, _, _ = store
+    client = MlflowClient(uri)
+    exp = client.create_experiment("synth-plan", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp, tags={"monoscale.role": "sweep", "monoscale.sweep": "synth-plan",
+                                          "monoscale.stage": "3"}).info.run_id
+    f, s = 4096, 3000
+    achieved = float(TRUTH.predict(f, s))
+    row = pd.Series({"n_features": f, "n_steps": s, "compute_flops": K * f * s, "loss": achieved})
+    _child(client, exp, parent, "synth-plan", "planned", row)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"n_features": f, "n_steps": s, "predicted_loss": achieved * 1.01,
+                                "predicted_loss_pi95": [achieved * 0.98, achieved * 1.04]}))
+    spec = tmp_path / "synth.yaml"
+    spec.write_text(yaml.safe_dump({"name": "synth", "cache": {"path": "cache"},
+                                    "grid": {"n_features": [256, 1024], "n_steps": [100]}}))
+    out = tmp_path / "checked"
+    assert main(["analyze", str(spec), "--tracking-uri", uri, "--out", str(out), "--draws", "0",
+                 "--plan", str(plan), "--no-attach"]) == 0
+    report = json.loads((out / "fits.json").read_text())["planned_run"]
+    assert report["achieved_loss"] == pytest.approx(achieved)
+    assert report["within_pi95"] is True and report["relative_error"] == pytest.approx(1 / 1.01 - 1)
