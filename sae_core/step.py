@@ -68,7 +68,10 @@ def compute_gradients(
     """
     if path not in ("auto", "dense", "sparse"):
         raise ValueError(f"path must be 'auto', 'dense' or 'sparse', got {path!r}")
-    pre = _mm(x, sae.W_enc, mm_dtype).add_(sae.b_enc)  # [B, F] pre-activations
+    if mm_dtype is None:  # addmm adds the bias inside the product: one [B, F] pass fewer
+        pre = torch.addmm(sae.b_enc, x, sae.W_enc)  # [B, F] pre-activations
+    else:
+        pre = _mm(x, sae.W_enc, mm_dtype).add_(sae.b_enc)
     if path == "auto":
         path = "sparse" if active_fraction(pre) <= SPARSE_MAX_DENSITY else "dense"
     if path == "sparse":
