@@ -47,8 +47,9 @@ def bootstrap_draws(
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(n_draws):
-        try:
-            rows.append(derive(resample(runs, rng, strata)))
+        try:  # a degenerate resample may overflow a fit: it yields inf/NaN, not a warning
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                rows.append(derive(resample(runs, rng, strata)))
         except (UserError, ValueError, np.linalg.LinAlgError):
             rows.append({})
     return pd.DataFrame(rows)

@@ -24,6 +24,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--draws", type=int, default=200, help="bootstrap draws (default 200)")
     cmd.add_argument("--target-compute", type=float, metavar="C",
                      help="compute of the predicted run (default 10x the largest budget)")
+    cmd.add_argument("--budgets", type=float, nargs="+", metavar="C",
+                     help="IsoFLOP budgets in FLOPs (default: the spec's isoflop budgets, else "
+                     "runs grouped by compute)")
     cmd.add_argument("--budget-tol-dex", type=float, default=0.05,
                      help="runs within this many dex of compute form one IsoFLOP budget")
     cmd.add_argument("--lr-band", type=float, metavar="REL",
@@ -99,7 +102,8 @@ def _fit(args: argparse.Namespace, runs: Any, sweep: Any, n_draws: int = 200) ->
     return analyze(
         runs, batch_size_tokens=batch, d_in=d_in, n_draws=n_draws,
         target_compute_flops=getattr(args, "target_compute", None),
-        tol_dex=getattr(args, "budget_tol_dex", 0.05), budgets=sweep.budgets if sweep else None,
+        tol_dex=getattr(args, "budget_tol_dex", 0.05),
+        budgets=getattr(args, "budgets", None) or (sweep.budgets if sweep else None),
         lr_band=getattr(args, "lr_band", None),
     )
 

@@ -80,6 +80,9 @@ def edge_flags(laws: Laws, tol_dex: float) -> list[str]:
         )
     if laws.lr_optima is not None:
         flags += [e for e in laws.lr_optima["edge"] if e]
+        if laws.lr_law is None:
+            flags.append(f"LR law needs >= 2 compute budgets with >= 3 learning rates each, got "
+                         f"{len(laws.lr_optima)}: run `monoscale plan-lr` with --budgets >= 2")
     return flags
 
 
