@@ -6,9 +6,11 @@ correlations between them. Resampling is stratified by an optional label (the co
 budget), so every draw keeps the sweep's design: an IsoFLOP budget keeps its run count.
 
 Fast path: the caller's `derive` warm-starts the parametric fit from the point fit (one
-scipy L-BFGS-B run, ~10 ms) instead of the 4500-start grid (seconds); a resample moves
-the optimum only a little, and the chinchilla test checks that the intervals match
-Epoch AI's 4000-resample ones.
+scipy L-BFGS-B run, ~10-30 ms) instead of the 4500-start grid (seconds); a resample moves
+the optimum only a little. On Chinchilla's 240 runs, 200 warm-started draws gave alpha
+[0.318, 0.374], beta [0.327, 0.410], a [0.481, 0.557] against the 1000 full-grid
+resamples of expected_fits.json: [0.317, 0.371], [0.334, 0.414], [0.481, 0.557]
+(tests/test_fit_chinchilla.py checks it).
 """
 
 from __future__ import annotations
