@@ -6,7 +6,9 @@
     steps_opt         steps_opt(C) = coefficient C^exponent
     lr_opt            LR_opt(C) = coefficient C^exponent    (only with an LR stage)
     prediction        F_opt, steps_opt, LR_opt and loss (ci95, pi95) at target_compute_flops
-    edge_flags, isoflop, lr_optima, frontier, n_runs, bootstrap (draws for `plan`)
+    edge_flags, isoflop, lr_optima, n_runs, bootstrap (draws for `plan`)
+    frontier          Pareto frontier: runs no cheaper run beats
+    frontier_per_budget  the lowest-loss run of each compute budget
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.bootstrap import N_DRAWS, bootstrap_draws, interval, prediction_interval
-from analysis.frontier import pareto_frontier
+from analysis.frontier import budget_frontier, pareto_frontier
 from analysis.isoflop import BUDGET_TOL_DEX, assign_budgets
 from analysis.laws import Laws, derived, fit_laws, split_stages
 from analysis.multistart import single_threaded_blas
@@ -25,6 +27,7 @@ from analysis.parametric import HUBER_DELTA, residuals
 from sae_core.errors import UserError
 
 REQUIRED = ("n_features", "compute_flops", "loss")
+FRONTIER_COLUMNS = ["compute_flops", "loss", "n_features", "n_steps"]
 TARGET_MULTIPLE = 10.0  # default prediction: 10x the largest budget swept
 
 
@@ -180,7 +183,10 @@ def _analyze(
         },
         "edge_flags": edge_flags(laws, tol_dex),
         "isoflop": iso.to_dict("records"),
-        "frontier": pareto_frontier(stage1)[["compute_flops", "loss", "n_features", "n_steps"]].to_dict("records"),
+        "frontier": pareto_frontier(stage1)[FRONTIER_COLUMNS].to_dict("records"),
+        "frontier_per_budget": budget_frontier(
+            stage1, assign_budgets(stage1["compute_flops"], tol_dex, budgets)
+        )[["budget_flops", *FRONTIER_COLUMNS]].to_dict("records"),
         "bootstrap": {
             "n_draws": n_draws, "seed": seed, "n_failed": int(draws.isna().all(axis=1).sum()),
             "stratified_by": "compute budget (stage 1), LR point (stage 2)",

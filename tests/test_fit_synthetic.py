@@ -42,6 +42,7 @@ def test_exponents_within_their_intervals(fits: dict) -> None:
     assert inside(TRUTH.a, fits["features_opt"]["exponent_ci95"])
     assert inside(1 - TRUTH.a, fits["steps_opt"]["exponent_ci95"])
     assert fits["edge_flags"] == []  # the design brackets the optimum at every budget
+    assert [row["budget_flops"] for row in fits["frontier_per_budget"]] == pytest.approx(BUDGETS, rel=0.01)
 
 
 def test_planned_allocation_at_10x_within_intervals(fits: dict) -> None:
