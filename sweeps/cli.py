@@ -3,7 +3,8 @@
     cache, train              sae_core/cli.py
     analyze, plan, plan-lr    analysis/cli.py
     submit, resume, status,   sweeps/commands.py
-    ui, demo
+    ui
+    demo                      sweeps/demo.py
 
 Each area adds its parsers with `add_commands(subparsers)` and imports heavy modules
 (torch, ray, mlflow) inside its handlers, so `monoscale --help` stays fast.
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis import cli as analysis_cli
     from sae_core import cli as core_cli
     from sweeps import commands as sweep_cli
+    from sweeps import demo
 
     parser = argparse.ArgumentParser(
         prog="monoscale",
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     core_cli.add_commands(sub)
     sweep_cli.add_commands(sub)
     analysis_cli.add_commands(sub)
+    demo.add_command(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""`monoscale submit | resume | status | ui | demo`: sweeps from the command line.
+"""`monoscale submit | resume | status | ui`: sweeps from the command line.
 
 Heavy imports (ray, mlflow, torch) happen inside the handlers, so `--help` stays fast.
 """
@@ -9,8 +9,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-
-DEMO_SPEC = Path(__file__).with_name("demo.yaml")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -29,13 +27,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         cmd.add_argument("--plan", metavar="PLAN.json", help="train the run that `monoscale "
                          "plan --out` wrote (sweep <name>-plan, stage 3) with SPEC's cache")
         cmd.set_defaults(func=_submit)
-
-    demo = sub.add_parser("demo", help="stage 1 of the method on the embedded MiniLM cache "
-                          f"(submit {DEMO_SPEC.name})")
-    _where(demo)
-    demo.add_argument("--address", help="join this Ray cluster instead of starting one")
-    demo.add_argument("--dry-run", action="store_true")
-    demo.set_defaults(func=_submit, spec=str(DEMO_SPEC))
 
     status = sub.add_parser("status", help="a sweep's grid points, states and final losses")
     status.add_argument("spec")
