@@ -10,6 +10,7 @@ Logging is batched (log_batch): single log_metric calls cost ~4 ms each on SQLit
 
 from __future__ import annotations
 
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -65,6 +66,9 @@ def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,
     """Create the store (on the driver, before any trial: two trials migrating a fresh
     SQLite schema at once raced, ECOSYSTEM.md), the experiment and the sweep's parent run
     (found again by its tag on a re-submit)."""
+    # The schema-migration chatter of a new SQLite store is not news to the user.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(sweep)
     if experiment is None:

@@ -13,6 +13,7 @@ driver died mid-fit; otherwise each submit starts a fresh experiment over what i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ FAIL_ONCE_ENV = "MONOSCALE_TEST_FAIL_ONCE_AFTER_CHECKPOINT"
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # The sweep prints its own progress; Tune's console tables and hints only add noise.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
 _PROGRESS: SweepProgress | None = None  # the driver's view; see _ProgressCallback
 
