@@ -115,6 +115,27 @@ def test_failing_trial_resumes_from_checkpoint_and_diverging_one_fails_alone(
     assert diverged[0].data.tags["monoscale.failure"].startswith("diverged")
 
 
+
+def test_lr_search_runs_n_trials_in_range_and_resubmit_adds_none(
+        tmp_path: Path, synthetic_cache: Path) -> None:
+    spec_path = tmp_path / "search.yaml"
+    spec_path.write_text(f"""
+name: t
+cache: {{path: {synthetic_cache}}}
+base: {{batch_size_tokens: 256, eval_n_tokens: 2048}}
+points: [{{n_features: 32, n_steps: 40}}]
+search: {{range: [1e-4, 1e-2], n_trials: 3}}
+""")
+    where = Where.resolve(str(tmp_path / "store"), None)
+    assert submit(load_spec(spec_path), where) == 0
+    runs = children(where)
+    lrs = sorted(float(r.data.params["lr"]) for r in runs)
+    assert len(lrs) == len(set(lrs)) == 3 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert submit(load_spec(spec_path), where) == 0
+    assert len(children(where)) == 3
+
+
 def kill_session(sid: int) -> None:
     """SIGKILL every process of the session we started the driver in (its Ray too)."""
     for entry in Path("/proc").iterdir():
