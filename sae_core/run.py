@@ -11,7 +11,7 @@ This is what `monoscale train` and every sweep trial call.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from sae_core import checkpoint
@@ -38,10 +38,12 @@ def run_from_cache(
     logger: MetricsLogger | None = None,
     on_checkpoint: Callable[[Path, int], None] | None = None,
     verify: str = "size",
+    fork_steps: Collection[int] = (),
+    on_fork: Callable[[Path, int], None] | None = None,
 ) -> dict[str, float]:
     """Train cfg on its cache, resuming from out_dir/checkpoint if present; return the
     final held-out metrics (loss, mse, l1_penalty, l0, explained_variance, dead_fraction,
-    compute_flops, n_tokens, tokens_per_s, step)."""
+    compute_flops, n_tokens, tokens_per_s, step). fork_steps, on_fork: see train()."""
     cache = open_cache_for(cfg, verify)
     device = resolve_device(cfg.device)
     out_dir = Path(out_dir)
@@ -58,6 +60,8 @@ def run_from_cache(
         logger=logger,
         checkpoint_dir=out_dir / "checkpoint",
         on_checkpoint=on_checkpoint,
+        fork_steps=fork_steps,
+        on_fork=on_fork,
     )
     checkpoint.save_weights(out_dir / "sae.safetensors", result.sae)
     cfg_json = checkpoint.sae_lens_cfg(cfg.to_dict(), cache.norm_scale, cache.meta.get("source", {}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -48,8 +48,17 @@ def train(
     logger: MetricsLogger | None = None,
     checkpoint_dir: Path | None = None,
     on_checkpoint: Callable[[Path, int], None] | None = None,
+    fork_steps: Collection[int] = (),
+    on_fork: Callable[[Path, int], None] | None = None,
 ) -> TrainResult:
-    """Train one SAE for cfg.n_steps steps; eval_x [N, d] is held-out, normalised data."""
+    """Train one SAE for cfg.n_steps steps; eval_x [N, d] is held-out, normalised data.
+
+    After each step count in `fork_steps` (below n_steps) the state is checkpointed and
+    `on_fork(checkpoint_dir, step)` called: branched step schedules (issue 5, see
+    sae_core/branching.py) copy it to where a shorter run resumes its own LR decay.
+    """
+    if fork_steps and checkpoint_dir is None:
+        raise ValueError("fork_steps need a checkpoint_dir to save the forks in")
     device = resolve_device(cfg.device)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
@@ -122,6 +131,10 @@ def train(
             last_checkpoint_t = time.perf_counter()
             if on_checkpoint is not None:
                 on_checkpoint(checkpoint_dir, done)
+        if checkpoint_dir is not None and done in fork_steps and done < cfg.n_steps:
+            checkpoint.save(checkpoint_dir, sae, optimizer, done, tokens_since_fired)
+            if on_fork is not None:
+                on_fork(checkpoint_dir, done)
 
     window = min(cfg.dead_window_tokens, cfg.n_tokens)
     metrics = evaluate(sae, eval_x, cfg.l1_coefficient, mm_dtype)
