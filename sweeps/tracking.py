@@ -222,3 +222,8 @@ def run_summary(run: Run) -> dict[str, Any]:
     """State and final loss of a run, for `monoscale status`."""
     return {"state": run.info.status, "loss": run.data.metrics.get("loss"),
             "failure": run.data.tags.get(TAG_FAILURE, "")}
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Tags on an existing run (the adaptive loop marks the runs it added, and its parent)."""
+    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
