@@ -67,8 +67,26 @@ def _submit(args: argparse.Namespace) -> int:
                   f"{spec.search.high:g}])" if spec.search else "")
         print(f"{len(configs)} grid points{search}, total compute {total:.3e} FLOPs"
               f"{' per lr trial' if spec.search else ''}")
+        if not spec.search:
+            print(_branching_line(configs, spec.branching))
         return 0
+    if spec.adaptive is not None and parent_tags is None:  # not for a --plan run
+        from sweeps.adaptive import run_adaptive
+
+        return run_adaptive(spec, spec.adaptive, where, args.address, parent_tags)
     return submit(spec, where, args.address, parent_tags)
+
+
+def _branching_line(configs: list, branching: bool) -> str:
+    """The sweep's compute run independently and branched (sae_core/branching.py)."""
+    from sae_core.branching import branched_compute_flops, families, independent_compute_flops
+
+    fams = families(configs)
+    independent = sum(independent_compute_flops(f) for f in fams)
+    branched = sum(branched_compute_flops(f) for f in fams)
+    return (f"compute without branching {independent:.3e} FLOPs, with branching "
+            f"{branched:.3e} FLOPs ({branched / independent:.2f} of it; {len(fams)} "
+            f"families); this spec has branching: {'true' if branching else 'false'}")
 
 
 def _status(args: argparse.Namespace) -> int:

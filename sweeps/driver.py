@@ -96,7 +96,14 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
         if spec.search is not None:
             _search(spec, configs, target, ctx, options)
             return 0
-        if todo:
+        if todo and spec.branching:
+            from sae_core.branching import families
+            from sweeps.tune_runner import run_family_trial
+
+            left = {c.run_key for c in todo}  # a family runs while any member is unfinished
+            trunks = [f.trunk for f in families(configs) if left & {m.run_key for m in f.members}]
+            run_grid(spec, trunks, ctx, options, trial=run_family_trial)
+        elif todo:
             run_grid(spec, todo, ctx, options)
         return audit(spec, configs, target)
     finally:

@@ -12,6 +12,9 @@
     max_concurrent_trials: 2
     max_failures: 2                             # Tune retries of a crashed trial
     log_weights: false                          # sae.safetensors as an MLflow artifact
+    adaptive: {max_rounds: 3, compute_cap_flops: 1e14}   # or true; off by default: rounds of
+                                                # added widths (sweeps/adaptive_spec.py)
+    branching: false                            # runs differing only in steps share a trunk
 
 Validation is strict: an unknown key, a wrong type, an empty axis or a non-positive size
 or rate is a UserError naming the field path (`grid.n_features[2]`).
@@ -28,7 +31,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from sae_core.branching import with_shared_warmup
+from analysis.adaptive import AdaptiveSettings
 from sae_core.config import RunConfig
+from sweeps.adaptive_spec import parse_adaptive
 from sweeps.spec_values import (
     SpecError,
     check_keys,
@@ -45,7 +51,7 @@ _RESERVED = frozenset({"cache_dir", "d_in"})
 RUN_FIELDS = {f.name: str(f.type) for f in fields(RunConfig) if f.name not in _RESERVED}
 SIZE_AXES = ("n_features", "n_steps")
 _TOP_KEYS = ("name", "stage", "cache", "base", "grid", "points", "isoflop", "search",
-             "resources", "max_concurrent_trials", "max_failures", "log_weights")
+             "resources", "max_concurrent_trials", "max_failures", "log_weights", "adaptive", "branching")
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,14 @@ class SweepSpec:
     search: SearchSpec | None
     resources: Resources
     stage: int = 1
+    adaptive: AdaptiveSettings | None = None  # issue 5: rounds of added points
     max_concurrent_trials: int = 2
     max_failures: int = 2
     log_weights: bool = False
+    # Branched step schedules (sae_core/branching.py): one trial per family trains the
+    # longest member and forks the shorter ones; every member shares the λ warm-up of
+    # the family's shortest one.
+    branching: bool = False
 
     @property
     def batch_size_tokens(self) -> int:
@@ -146,16 +157,21 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
 
     sizes, isoflop = _parse_sizes(data, axes)
     search = _parse_search(data.get("search"), axes)
+    branching = _bool(data.get("branching", False), "branching")
+    if branching and search is not None:
+        raise SpecError("branching: not with search (each lr trial is its own run)")
     return SweepSpec(
         name=name, path=path, cache=cache_spec, base=MappingProxyType(dict(base)),
         axes=tuple((k, v) for k, v in axes.items() if k not in SIZE_AXES),
         sizes=sizes, isoflop=isoflop, search=search,
+        adaptive=parse_adaptive(data.get("adaptive"), isoflop is not None, search is not None),
         resources=_parse_resources(data.get("resources") or {}),
         stage=_positive_int(data.get("stage", 1), "stage"),
         max_concurrent_trials=_positive_int(data.get("max_concurrent_trials", 2),
                                             "max_concurrent_trials"),
         max_failures=_non_negative_int(data.get("max_failures", 2), "max_failures"),
         log_weights=_bool(data.get("log_weights", False), "log_weights"),
+        branching=branching,
     )
 
 
@@ -264,7 +280,8 @@ def expand(spec: SweepSpec, d_in: int) -> list[RunConfig]:
     """Every grid point as a RunConfig, in a stable order, duplicates (same run_key) dropped.
 
     (F, steps) pairs outermost, then the other axes in the order the spec lists them.
-    With `search`, each point carries base lr; the runner samples lr per trial.
+    With `search`, each point carries base lr; the runner samples lr per trial. With
+    `branching`, the members of a family share its shortest member's λ warm-up.
     """
     if d_in <= 0:
         raise SpecError(f"d_in must be positive, got {d_in}")
@@ -275,5 +292,7 @@ def expand(spec: SweepSpec, d_in: int) -> list[RunConfig]:
             cfg = RunConfig(cache_dir=str(spec.cache.path), d_in=d_in, n_features=n_features,
                             n_steps=n_steps, **{**spec.base, **dict(zip(names, values, strict=True))})
             configs.setdefault(cfg.run_key, cfg)
+    if spec.branching:
+        return list({c.run_key: c for c in with_shared_warmup(configs.values())}.values())
     return list(configs.values())
 

@@ -28,6 +28,7 @@ from sae_core.errors import UserError
 TAG_SWEEP, TAG_KEY, TAG_STAGE = "monoscale.sweep", "monoscale.run_key", "monoscale.stage"
 TAG_ROLE, TAG_FAILURE = "monoscale.role", "monoscale.failure"
 TAG_RESUMED = "monoscale.resumed_from_step"
+TAG_BRANCH_OF = "monoscale.branch_of"  # a branched member: the run_key of its trunk
 TAG_PARENT = "mlflow.parentRunId"
 _STATE_RANK = {"FINISHED": 0, "RUNNING": 1, "SCHEDULED": 1, "FAILED": 2, "KILLED": 3}
 
@@ -189,16 +190,19 @@ class MetricsBuffer:
 class ChildRun:
     """One attempt at one grid point, opened from inside the trial."""
 
-    def __init__(self, target: TrackingTarget, cfg: RunConfig, resumed_from_step: int) -> None:
+    def __init__(self, target: TrackingTarget, cfg: RunConfig, resumed_from_step: int,
+                 extra_tags: dict[str, str] | None = None,
+                 extra_params: dict[str, Any] | None = None) -> None:
         self.client = MlflowClient(target.uri)
         tags = {TAG_PARENT: target.parent_run_id, TAG_SWEEP: target.sweep,
-                TAG_KEY: cfg.run_key, TAG_STAGE: str(target.stage)}
+                TAG_KEY: cfg.run_key, TAG_STAGE: str(target.stage), **(extra_tags or {})}
         if resumed_from_step:
             tags[TAG_RESUMED] = str(resumed_from_step)
         name = f"F{cfg.n_features}-S{cfg.n_steps}-lr{cfg.lr:g}-s{cfg.seed}"
         self.run_id = self.client.create_run(target.experiment_id, tags=tags,
                                              run_name=name).info.run_id
-        params = {**cfg.to_dict(), "compute_flops": cfg.compute_flops, "n_tokens": cfg.n_tokens}
+        params = {**cfg.to_dict(), "compute_flops": cfg.compute_flops, "n_tokens": cfg.n_tokens,
+                  **(extra_params or {})}
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self.metrics = MetricsBuffer(self.client, self.run_id)
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,20 +90,11 @@ class TrialContext:
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """One Tune trial: one attempt at one grid point, logged to its own MLflow run."""
-    from sae_core.run import run_from_cache
-    from sae_core.trainer import DivergedError
-
     if "run_key" in config:
         cfg = RunConfig.from_dict(ctx.configs[config["run_key"]])
     else:  # a search trial: the point's config at the sampled lr
         cfg = RunConfig.from_dict(ctx.configs[config["point_key"]]).replace(lr=config["lr"])
-    if cfg.num_threads == 0:  # one torch thread per CPU Ray gave the trial, no more
-        cfg = cfg.replace(num_threads=max(1, int(ctx.cpus_per_trial)))
-    if 0 < ctx.gpus_per_trial < 1:
-        import torch
-
-        if torch.cuda.is_available():  # Ray packs trials on a GPU but caps no memory
-            torch.cuda.set_per_process_memory_fraction(ctx.gpus_per_trial)
+    cfg = with_trial_resources(cfg, ctx)
     earlier = child_runs(ctx.target, cfg.run_key)
     finished = [r for r in earlier if r.info.status == "FINISHED"]
     if finished:  # a restored Tune trial whose run a previous driver saw finish
@@ -112,36 +104,73 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     # Only this trial runs this grid point now: a RUNNING run of it is a dead attempt.
     mark_killed(ctx.target, earlier, "left running by an earlier attempt that died")
     out_dir = Path(ctx.runs_dir) / cfg.run_key
-    resumed_from_step = _restore_checkpoint(tune.get_checkpoint(), out_dir)
-    run = ChildRun(ctx.target, cfg, resumed_from_step)
+    resumed_from_step = restore_checkpoint(tune.get_checkpoint(), out_dir)
+    metrics = train_member(cfg, ctx, out_dir, resumed_from_step)
+    tune.report(metrics if metrics is not None else {"diverged": 1.0})
+
+
+def run_family_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """One Tune trial per family of a branched sweep (sweeps/family_trial.py)."""
+    from sweeps.family_trial import run_family
+
+    tune.report(run_family(config, ctx))
+
+
+def with_trial_resources(cfg: RunConfig, ctx: TrialContext) -> RunConfig:
+    """One torch thread per CPU Ray gave the trial; a GPU share caps its memory."""
+    if cfg.num_threads == 0:
+        cfg = cfg.replace(num_threads=max(1, int(ctx.cpus_per_trial)))
+    if 0 < ctx.gpus_per_trial < 1:
+        import torch
+
+        if torch.cuda.is_available():  # Ray packs trials on a GPU but caps no memory
+            torch.cuda.set_per_process_memory_fraction(ctx.gpus_per_trial)
+    return cfg
+
+
+def train_member(cfg: RunConfig, ctx: TrialContext, out_dir: Path, resumed_from_step: int,
+                 *, report_checkpoints: bool = True, compute_flops_spent: float | None = None,
+                 extra_tags: dict[str, str] | None = None, fork_steps: Collection[int] = (),
+                 on_fork: Callable[[Path, int], None] | None = None) -> dict[str, float] | None:
+    """Train one run in its own MLflow child run; its final metrics, or None when it
+    diverged. `compute_flops_spent` (default: the run's compute_flops) is what this run
+    cost beyond others: a branch of a branched schedule pays only its decay steps."""
+    from sae_core.run import run_from_cache
+    from sae_core.trainer import DivergedError
+
+    spent = cfg.compute_flops if compute_flops_spent is None else compute_flops_spent
+    run = ChildRun(ctx.target, cfg, resumed_from_step, extra_tags,
+                   {"compute_flops_spent": spent})
 
     def on_checkpoint(path: Path, step: int) -> None:
-        stage = out_dir / "tune_checkpoint"
-        shutil.rmtree(stage, ignore_errors=True)
-        shutil.copytree(path, stage / "checkpoint")
-        (stage / "step.json").write_text(json.dumps({"step": step}))
         (out_dir / "checkpoint_step.json").write_text(json.dumps({"step": step}))
         run.metrics.flush()
-        tune.report({"step": step}, checkpoint=tune.Checkpoint.from_directory(str(stage)))
-        shutil.rmtree(stage, ignore_errors=True)  # Tune has persisted its copy
+        if report_checkpoints:
+            stage = out_dir / "tune_checkpoint"
+            shutil.rmtree(stage, ignore_errors=True)
+            shutil.copytree(path, stage / "checkpoint")
+            (stage / "step.json").write_text(json.dumps({"step": step}))
+            tune.report({"step": step}, checkpoint=tune.Checkpoint.from_directory(str(stage)))
+            shutil.rmtree(stage, ignore_errors=True)  # Tune has persisted its copy
         if ctx.fail_once_after_checkpoint and resumed_from_step == 0:
             raise RuntimeError(f"{FAIL_ONCE_ENV}: failing once after step {step}")
 
     try:
-        metrics = run_from_cache(cfg, out_dir, run.metrics, on_checkpoint)
+        metrics = run_from_cache(cfg, out_dir, run.metrics, on_checkpoint,
+                                 fork_steps=fork_steps, on_fork=on_fork)
     except DivergedError as err:  # deterministic: a retry would diverge again
         run.fail(f"diverged: {err}")
-        tune.report({"diverged": 1.0})
-        return
+        return None
     except BaseException as err:
         run.fail(f"{type(err).__name__}: {err}")
         raise
+    run.metrics.log({"compute_flops_spent": spent}, step=cfg.n_steps)
     weights = [out_dir / "sae.safetensors"] if ctx.log_weights else []
     run.finish([out_dir / "cfg.json", out_dir / "metrics.json", *weights])
-    tune.report(metrics)
+    return metrics
 
 
-def _restore_checkpoint(checkpoint: tune.Checkpoint | None, out_dir: Path) -> int:
+def restore_checkpoint(checkpoint: tune.Checkpoint | None, out_dir: Path) -> int:
     """Put Tune's checkpoint (a retried trial) into out_dir/checkpoint, where
     run_from_cache resumes from; without one, a local checkpoint left by a killed driver
     serves. Returns the step resumed from (0: from scratch)."""
@@ -163,11 +192,13 @@ class TuneOptions:
 
 
 def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
-             options: TuneOptions) -> None:
-    """Run the `todo` grid points as Tune trials, restoring an interrupted experiment."""
+             options: TuneOptions, trial: Callable[..., None] = run_trial) -> None:
+    """Run the `todo` grid points as Tune trials, restoring an interrupted experiment.
+    `trial` runs one of them (with branching: sweeps/family_trial.run_family, one trunk
+    per trial)."""
     global _PROGRESS
     _PROGRESS = SweepProgress(spec.name, {c.run_key: c.compute_flops for c in todo})
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+    trainable = tune.with_resources(tune.with_parameters(trial, ctx=ctx),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     root = options.storage_dir / "tune"
     path, manifest = root / spec.name, root / f"{spec.name}.monoscale.json"

@@ -51,6 +51,24 @@ def test_grid_groups_into_families_with_the_issue_compute_fraction() -> None:
     assert single.trunk == alone and single.branches == ()
 
 
+def test_spec_branching_key_gives_the_family_members(tmp_path: Path) -> None:
+    from sweeps.spec import expand, parse_spec
+    from sweeps.spec_values import SpecError
+
+    data = {"name": "b", "cache": {"path": "c"}, "grid": {"n_features": [64, 128],
+                                                          "n_steps": [100, 400]}}
+    plain = parse_spec(data, tmp_path / "s.yaml")
+    branched = parse_spec({**data, "branching": True}, tmp_path / "s.yaml")
+    assert not plain.branching and branched.branching
+    assert [c.l1_warmup_steps for c in expand(plain, 32)] == [None] * 4
+    assert [c.l1_warmup_steps for c in expand(branched, 32)] == [5] * 4  # 0.05 * 100
+    with pytest.raises(SpecError, match="branching"):
+        parse_spec({**data, "branching": "yes"}, tmp_path / "s.yaml")
+    with pytest.raises(SpecError, match="branching"):
+        parse_spec({**data, "branching": True, "grid": {"n_features": [64], "n_steps": [100]},
+                    "search": {"range": [1e-4, 1e-2], "n_trials": 2}}, tmp_path / "s.yaml")
+
+
 def _weights(out_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out_dir / "sae.safetensors"))
 
@@ -93,3 +111,78 @@ def test_branched_and_paper_schedules_agree_within_seed_noise(tmp_path: Path,
           f"seed spread {spread:.4g}, mean gap {gap:.4g}")
     assert fam.trunk.warmup_steps == 1 and _cfg(synthetic_cache).warmup_steps == 10
     assert spread > 0 and gap < spread
+
+
+@pytest.fixture()
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=100 * 2**20,
+             include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.integration
+def test_branched_sweep_logs_each_member_with_its_share_and_reruns_only_the_missing(
+        tmp_path: Path, synthetic_cache: Path, ray_session: None,
+        capsys: pytest.CaptureFixture) -> None:
+    import mlflow
+
+    from sweeps import tracking
+    from sweeps.driver import Where, submit
+    from sweeps.spec import expand, load_spec
+
+    spec_path = tmp_path / "sweep.yaml"
+    spec_path.write_text(f"""
+name: b
+cache: {{path: {synthetic_cache}}}
+base: {{lr: 3e-3, batch_size_tokens: 256, eval_n_tokens: 2048}}
+grid: {{n_features: [32], n_steps: [30, 60, 120]}}
+branching: true
+""")
+    spec = load_spec(spec_path)
+    where = Where.resolve(str(tmp_path / "store"), None)
+    assert submit(spec, where) == 0
+    target = tracking.find_sweep(where.tracking_uri, "b")
+    assert target is not None
+    runs = {int(r.data.params["n_steps"]): r for r in tracking.child_runs(target)}
+    assert sorted(runs) == [30, 60, 120] and {r.info.status for r in runs.values()} == {
+        "FINISHED"}
+    trunk_key = runs[120].data.tags[tracking.TAG_KEY]
+    assert tracking.TAG_BRANCH_OF not in runs[120].data.tags
+    spent = {}
+    for n_steps, run in runs.items():
+        compute_flops = 12 * 32 * 32 * n_steps * 256
+        assert float(run.data.params["compute_flops"]) == compute_flops  # C(F, S)
+        assert run.data.params["l1_warmup_steps"] == "2"  # round(0.05 * 30)
+        spent[n_steps] = run.data.metrics["compute_flops_spent"]
+        if n_steps < 120:
+            assert run.data.tags[tracking.TAG_BRANCH_OF] == trunk_key
+            decay_start = n_steps - round(0.2 * n_steps)
+            assert run.data.tags[tracking.TAG_RESUMED] == str(decay_start)  # its fork
+            assert spent[n_steps] == pytest.approx(compute_flops * (n_steps - decay_start)
+                                                   / n_steps)
+    assert spent[120] == 12 * 32 * 32 * 120 * 256
+    (family,) = families(expand(spec, 32))
+    assert sum(spent.values()) == pytest.approx(branched_compute_flops(family))
+    # a branch equals an independent run of its config (one thread, as in the trial)
+    branch = family.branches[0].cfg
+    alone = run_from_cache(branch.replace(num_threads=1), tmp_path / "alone")
+    assert runs[30].data.metrics["loss"] == pytest.approx(alone["loss"], rel=1e-5)
+
+    capsys.readouterr()
+    assert submit(spec, where) == 0
+    assert "0 to run" in capsys.readouterr().out
+    assert len(tracking.child_runs(target)) == 3
+
+    # A lost branch, its trunk finished: it runs again alone, from step 0 (its fork
+    # checkpoint was removed when it finished), at its full compute and the same loss.
+    mlflow.MlflowClient(where.tracking_uri).set_terminated(runs[60].info.run_id, "FAILED")
+    assert submit(spec, where) == 0
+    again = [r for r in tracking.child_runs(target, runs[60].data.tags[tracking.TAG_KEY])
+             if r.info.status == "FINISHED"]
+    assert len(again) == 1 and len(tracking.child_runs(target)) == 4
+    assert again[0].data.metrics["compute_flops_spent"] == 12 * 32 * 32 * 60 * 256
+    assert again[0].data.metrics["loss"] == pytest.approx(runs[60].data.metrics["loss"],
+                                                          rel=1e-5)
