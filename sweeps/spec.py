@@ -31,8 +31,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from sae_core.branching import with_shared_warmup
 from analysis.adaptive import AdaptiveSettings
+from sae_core.branching import with_shared_warmup
 from sae_core.config import RunConfig
 from sweeps.adaptive_spec import parse_adaptive
 from sweeps.spec_values import (
