@@ -97,12 +97,16 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
             _search(spec, configs, target, ctx, options)
             return 0
         if todo and spec.branching:
-            from sae_core.branching import families
+            from sae_core.branching import branched_compute_flops, families
             from sweeps.tune_runner import run_family_trial
 
             left = {c.run_key for c in todo}  # a family runs while any member is unfinished
-            trunks = [f.trunk for f in families(configs) if left & {m.run_key for m in f.members}]
-            run_grid(spec, trunks, ctx, options, trial=run_family_trial)
+            todo_families = [f for f in families(configs)
+                             if left & {m.run_key for m in f.members}]
+            run_grid(spec, [f.trunk for f in todo_families], ctx, options,
+                     trial=run_family_trial,
+                     flops_by_key={f.trunk.run_key: branched_compute_flops(f)
+                                   for f in todo_families})
         elif todo:
             run_grid(spec, todo, ctx, options)
         return audit(spec, configs, target)

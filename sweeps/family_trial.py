@@ -37,7 +37,10 @@ from sweeps.tune_runner import TrialContext, restore_checkpoint, train_member, w
 def family_of(trunk_key: str, configs: dict[str, dict[str, Any]]) -> Family:
     """The family whose trunk has this run_key, among the sweep's configs."""
     grouped = families(RunConfig.from_dict(data) for data in configs.values())
-    return next(f for f in grouped if f.trunk.run_key == trunk_key)
+    for family in grouped:
+        if family.trunk.run_key == trunk_key:
+            return family
+    raise KeyError(f"no family of this sweep has the trunk {trunk_key}")
 
 
 def run_family(config: dict[str, Any], ctx: TrialContext) -> dict[str, float]:

@@ -192,12 +192,14 @@ class TuneOptions:
 
 
 def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
-             options: TuneOptions, trial: Callable[..., None] = run_trial) -> None:
+             options: TuneOptions, trial: Callable[..., None] = run_trial,
+             flops_by_key: dict[str, float] | None = None) -> None:
     """Run the `todo` grid points as Tune trials, restoring an interrupted experiment.
-    `trial` runs one of them (with branching: sweeps/family_trial.run_family, one trunk
-    per trial)."""
+    `trial` runs one of them (with branching: run_family_trial, one family per trunk in
+    `todo`); `flops_by_key` weighs them for the ETA (default: their compute_flops)."""
     global _PROGRESS
-    _PROGRESS = SweepProgress(spec.name, {c.run_key: c.compute_flops for c in todo})
+    _PROGRESS = SweepProgress(spec.name, flops_by_key or {c.run_key: c.compute_flops
+                                                          for c in todo})
     trainable = tune.with_resources(tune.with_parameters(trial, ctx=ctx),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     root = options.storage_dir / "tune"
