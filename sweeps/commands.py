@@ -69,6 +69,11 @@ def _submit(args: argparse.Namespace) -> int:
               f"{' per lr trial' if spec.search else ''}")
         if not spec.search:
             print(_branching_line(configs, spec.branching))
+        if spec.adaptive is not None:
+            cap = spec.adaptive.compute_cap_flops
+            print(f"adaptive: up to {spec.adaptive.max_rounds} rounds of added points after "
+                  f"this first pass" + (f", the whole sweep capped at {cap:.3e} FLOPs" if cap
+                                        else ", no compute cap"))
         return 0
     if spec.adaptive is not None and parent_tags is None:  # not for a --plan run
         from sweeps.adaptive import run_adaptive
