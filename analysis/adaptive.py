@@ -99,7 +99,8 @@ def _curvature_rel_se(log_f: np.ndarray, loss: np.ndarray) -> float:
 
 
 def _steps(budget: float, n_features: int, k: float) -> int:
-    return max(1, round(budget / (k * n_features)))
+    """S = C / (k F) rounded; 0 when F is too wide for one step at C (not added)."""
+    return round(budget / (k * n_features))
 
 
 def budget_additions(
@@ -198,7 +199,8 @@ def next_round(
             proposed += budget_additions(log_f, group["loss"].to_numpy(dtype=float), budget,
                                          design, settings)
     sampled = {(round(b), int(f)) for b, f in zip(label, runs["n_features"], strict=True) if np.isfinite(b)}
-    proposed = [a for a in proposed if (round(a.budget_flops), a.n_features) not in sampled]
+    proposed = [a for a in proposed if (round(a.budget_flops), a.n_features) not in sampled
+                and a.n_steps >= 1 and a.n_features >= 1]
     comparable = previous is not None and not any(a.kind == "edge" for a in previous.additions)
     if comparable and not any(a.kind == "edge" for a in proposed) and stopped_shrinking(
             previous.interval_widths if previous else None, widths, settings.min_shrink):

@@ -66,6 +66,20 @@ def test_cut_short_grid_is_extended_until_the_optimum_is_inside() -> None:
     assert fits["features_opt"]["source"] == "isoflop"
 
 
+def test_grid_cut_short_below_adds_smaller_widths() -> None:
+    # Every width at least 0.8 dex above F_opt: the minimum sits on the smallest width.
+    runs = isoflop_runs(TRUTH, list(BUDGETS), K, n_widths=4, span_dex=0.9, centre_dex=1.25,
+                        noise_rel=0.0)
+    design = Design(BUDGETS, tuple(sorted(runs["n_features"].unique())), K)
+    result = next_round(runs, design, AdaptiveSettings())
+    assert len(result.additions) >= len(BUDGETS) and result.stop == ""
+    for a in result.additions:
+        at_budget = runs[np.isclose(runs["compute_flops"], a.budget_flops, rtol=0.01)]
+        assert a.kind == "edge" and "smallest n_features" in a.reason
+        assert a.n_features < at_budget["n_features"].min()
+        assert a.n_steps == round(a.budget_flops / (K * a.n_features))
+
+
 def test_good_grid_gets_no_additions() -> None:
     runs = isoflop_runs(TRUTH, list(BUDGETS), K, n_widths=6, span_dex=1.2, noise_rel=0.01, seed=1)
     design = Design(BUDGETS, tuple(sorted(runs["n_features"].unique())), K)
