@@ -69,7 +69,10 @@ class ParametricFit:
     @property
     def G(self) -> float:
         """G = (alpha A / (beta B))^(1/(alpha+beta)) (Hoffmann et al. 2022, eq. 4)."""
-        return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+        ratio = self.alpha * self.A / (self.beta * self.B)
+        if not (ratio > 0 and self.alpha + self.beta > 0):
+            return float("nan")  # a non-positive exponent: the law has no interior optimum
+        return float(ratio ** (1.0 / (self.alpha + self.beta)))
 
     def optimal_allocation(
         self, compute_flops: ArrayLike, flops_per_feature_step: float

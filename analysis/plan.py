@@ -70,6 +70,11 @@ def plan_run(
     if n_features is None:
         assert compute_flops is not None
         f_opt, _ = law.optimal_allocation(compute_flops, k)
+        if not np.isfinite(f_opt):
+            raise UserError(
+                f"the fitted law has no compute-optimal width (alpha={law.alpha:.3g}, "
+                f"beta={law.beta:.3g}): add runs that train longer or wider, or give --features"
+            )
         n_features = round_features(float(f_opt), power_of_two)
     steps = float(law.steps_for_features(n_features)) if compute_flops is None else compute_flops / (k * n_features)
     n_steps = max(1, int(round(steps)))

@@ -87,3 +87,11 @@ def test_lr_edge_flag_when_grid_stops_short() -> None:
     runs = lr_runs(POINTS, lr_coefficient=5e2, lr_exponent=-0.3, span_dex=1.0, centre_dex=-1.0)
     optima = fit_lr_optima(runs)
     assert all("add larger lr" in e for e in optima["edge"])
+
+
+def test_a_law_with_a_negative_exponent_has_no_optimum_instead_of_a_complex_one() -> None:
+    from analysis.parametric import ParametricFit
+
+    law = ParametricFit(E=1.0, A=10.0, B=10.0, alpha=-0.2, beta=0.5, objective=0.0, n_runs=3)
+    f_opt, s_opt = law.optimal_allocation(1e12, 1e6)
+    assert np.isnan(f_opt) and np.isnan(s_opt)
