@@ -68,8 +68,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     step("stage 1, features x steps at a fixed LR", ["submit", spec, *where, *ray])
     step("fit stage 1", ["analyze", spec, *where, *draws, f"--out={out / 'stage1'}"])
+    # Two decades around the stage-1 LR: with one decade (1e-3 x 10^±0.5) the first demo
+    # found the best LR on the grid's top edge at every budget.
     step("plan stage 2", ["plan-lr", spec, *where, f"--fits={out / 'stage1' / 'fits.json'}",
-                          "--budgets=3", f"--out={lr_spec}"])
+                          "--budgets=3", "--lr-span-dex=2", "--n-lrs=5", f"--out={lr_spec}"])
     step("stage 2, LR at compute-optimal (F, steps)", ["submit", lr_spec, *where, *ray])
     step("fit stages 1 and 2", ["analyze", spec, f"--lr-spec={lr_spec}", *where, *draws,
                                 f"--out={out / 'stage2'}"])
