@@ -109,7 +109,10 @@ def plan_run(
 def check_plan(plan: dict[str, Any], runs: pd.DataFrame) -> dict[str, Any] | None:
     """Predicted against achieved for the planned run, if the runs table holds it
     (same n_features and n_steps); None otherwise. METHOD.md s2, stage 3."""
-    match = runs[(runs["n_features"] == plan["n_features"]) & (runs["n_steps"] == plan["n_steps"])]
+    same = (runs["n_features"] == plan["n_features"]) & (runs["n_steps"] == plan["n_steps"])
+    if plan.get("lr") is not None and "lr" in runs.columns:  # a replanned LR is another run
+        same &= np.isclose(runs["lr"].astype(float), float(plan["lr"]), rtol=1e-6)
+    match = runs[same]
     if match.empty:
         return None
     achieved = float(match["loss"].iloc[-1])

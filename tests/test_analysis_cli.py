@@ -138,3 +138,17 @@ def test_plan_needs_a_budget(tmp_path: Path, capsys) -> None:
     assert run_cli("plan", "--fits", tmp_path / "fits.json", "--out", tmp_path / "p.json") == 2
     assert "--compute C or --features F" in capsys.readouterr().err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_predicted_against_achieved_picks_the_run_of_the_planned_lr() -> None:
+    """Replanning only the LR gives a run of the same F and steps: it must not be confused
+    with the earlier one (the first demo did)."""
+    from analysis.plan import check_plan
+
+    runs = pd.DataFrame({"n_features": [3712, 3712], "n_steps": [2192, 2192],
+                         "lr": [3.162e-3, 9.5115e-4], "loss": [145.5, 146.9]})
+    plan = {"n_features": 3712, "n_steps": 2192, "lr": 9.5115e-4, "predicted_loss": 147.5,
+            "predicted_loss_pi95": [142.4, 154.7]}
+    report = check_plan(plan, runs)
+    assert report is not None and report["achieved_loss"] == 146.9
+    assert check_plan({**plan, "lr": 1e-2}, runs) is None
