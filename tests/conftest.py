@@ -24,3 +24,14 @@ def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("synthetic") / "cache"
     build_synthetic_cache(path, SYNTHETIC, SYNTHETIC_N_TOKENS, dtype="float32")
     return path
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray for one test module: both cores, a small object store (2-core CI)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=100 * 2**20,
+             include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 
 from analysis.adaptive import AdaptiveSettings
 from sweeps import tracking
@@ -16,15 +15,7 @@ from sweeps.adaptive import LOG_NAME, TAG_REASON, TAG_ROUND, TAG_STOP, run_adapt
 from sweeps.driver import Where
 from sweeps.spec import load_spec
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=100 * 2**20,
-             include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
 
 def test_one_adaptive_round_adds_tagged_runs_and_resubmit_adds_none(

@@ -113,16 +113,6 @@ def test_branched_and_paper_schedules_agree_within_seed_noise(tmp_path: Path,
     assert spread > 0 and gap < spread
 
 
-@pytest.fixture()
-def ray_session():
-    import ray
-
-    ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=100 * 2**20,
-             include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.integration
 def test_branched_sweep_logs_each_member_with_its_share_and_reruns_only_the_missing(
         tmp_path: Path, synthetic_cache: Path, ray_session: None,

@@ -3,40 +3,19 @@ for each class of bad input, before any compute."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sae_core import cli
-from sae_core.errors import UserError
-
-
-def core_main(argv: Sequence[str]) -> int:
-    """sweeps/cli.py's main() with only this area's commands (the others may not exist)."""
-    parser = argparse.ArgumentParser(prog="monoscale")
-    cli.add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as err:
-        print(f"monoscale {args.command}: error: {err}", file=sys.stderr)
-        return 2
-
 
 def monoscale(argv: Sequence[str]) -> int:
-    try:
-        from sweeps.cli import build_parser, main
+    from sweeps.cli import main
 
-        build_parser()  # every area's commands import
-    except ImportError:
-        main = core_main
     return main(list(argv))
 
 

@@ -15,22 +15,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 
 from sweeps import tracking
 from sweeps.driver import Where, submit
 from sweeps.spec import load_spec
 from sweeps.tune_runner import FAIL_ONCE_ENV
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=100 * 2**20,
-             include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
 
 def write_spec(tmp_path: Path, cache: Path, grid: str, base: str = "lr: 3e-3, ") -> Path:
@@ -113,7 +104,6 @@ def test_failing_trial_resumes_from_checkpoint_and_diverging_one_fails_alone(
     diverged = [r for r in runs if float(r.data.params["lr"]) == 1e30]
     assert [r.info.status for r in diverged] == ["FAILED"]  # not retried: deterministic
     assert diverged[0].data.tags["monoscale.failure"].startswith("diverged")
-
 
 
 def test_lr_search_runs_n_trials_in_range_and_resubmit_adds_none(
