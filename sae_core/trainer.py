@@ -114,7 +114,6 @@ def train(
 
         done = step + 1
         if logger is not None and (done % eval_every == 0 or done == cfg.n_steps):
-            window = min(cfg.dead_window_tokens, done * cfg.batch_size_tokens)
             # Held-out metrics on one batch of eval tokens: about a third of a step.
             held_out = evaluate(sae, eval_x[: cfg.batch_size_tokens], cfg.l1_coefficient, mm_dtype)
             logger.log(
@@ -122,7 +121,7 @@ def train(
                     "train/loss": loss,
                     "train/mse": stats.mse.item(),
                     "train/l1_penalty": stats.l1_penalty.item(),
-                    "train/dead_fraction": (tokens_since_fired >= window).float().mean().item(),
+                    "train/dead_fraction": _dead_fraction(tokens_since_fired, cfg, done),
                     **{f"eval/{name}": value for name, value in held_out.items()},
                     "lr": lr,
                     "l1_coefficient": l1,
@@ -130,21 +129,22 @@ def train(
                 },
                 step=done,
             )
+        if checkpoint_dir is None or done == cfg.n_steps:
+            continue
         due = cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
         timely = not cfg.checkpoint_every_steps and time.perf_counter() - last_checkpoint_t > checkpoint_every_s
-        if checkpoint_dir is not None and done < cfg.n_steps and (due or timely):
+        fork = done in fork_steps
+        if due or timely or fork:  # one save serves both a periodic checkpoint and a fork
             checkpoint.save(checkpoint_dir, sae, optimizer, done, tokens_since_fired)
+        if due or timely:
             last_checkpoint_t = time.perf_counter()
             if on_checkpoint is not None:
                 on_checkpoint(checkpoint_dir, done)
-        if checkpoint_dir is not None and done in fork_steps and done < cfg.n_steps:
-            checkpoint.save(checkpoint_dir, sae, optimizer, done, tokens_since_fired)
-            if on_fork is not None:
-                on_fork(checkpoint_dir, done)
+        if fork and on_fork is not None:
+            on_fork(checkpoint_dir, done)
 
-    window = min(cfg.dead_window_tokens, cfg.n_tokens)
     metrics = evaluate(sae, eval_x, cfg.l1_coefficient, mm_dtype)
-    metrics["dead_fraction"] = (tokens_since_fired >= window).float().mean().item()
+    metrics["dead_fraction"] = _dead_fraction(tokens_since_fired, cfg, cfg.n_steps)
     metrics["compute_flops"] = cfg.compute_flops
     metrics["n_tokens"] = float(cfg.n_tokens)
     steps_run = cfg.n_steps - start_step
@@ -154,3 +154,8 @@ def train(
         logger.log(metrics, step=cfg.n_steps)
     return TrainResult(sae, metrics)
 
+
+def _dead_fraction(tokens_since_fired: torch.Tensor, cfg: RunConfig, steps_done: int) -> float:
+    """Features silent over the window (10^7 tokens), or over every token seen when fewer."""
+    window = min(cfg.dead_window_tokens, steps_done * cfg.batch_size_tokens)
+    return (tokens_since_fired >= window).float().mean().item()
