@@ -54,7 +54,7 @@ class RunConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     autocast: str = "auto"  # "auto" (bf16 on GPUs that support it) | "bf16" | "off"
     # CPU threads for torch; 0 leaves torch's default. A Ray trial sets it to its CPU
-    # share: on 2 busy cores (load ~7) a d=32, F=128 step took 6-12 ms with 2 threads
+    # share: on 2 busy cores (load ~7) a d=32, F=128 gradient took 6-12 ms with 2 threads
     # against 1.2-1.4 ms with one, and a 2,000-step run 130 s against 6.8 s (OpenMP
     # spin-waits; measured here).
     num_threads: int = 0
