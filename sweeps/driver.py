@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +76,12 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
     if address:
         probe(address)
     configs = plan(spec)
-    ray_session = connect(address)
+    # A new store's schema migrations run while Ray starts (each takes seconds).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        store = pool.submit(tracking.prepare_store, where.tracking_uri)
+        ray_session = connect(address)
     try:
+        store.result()
         target = tracking.open_sweep(where.tracking_uri, spec.name, spec.stage,
                                      where.artifact_root, spec.path, parent_tags)
         runs = tracking.child_runs(target)
