@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from sae_core.config import RunConfig
 from sweeps.progress import SweepProgress
 from sweeps.spec import SweepSpec
-from sweeps.tracking import ChildRun, TrackingTarget, child_runs, mark_killed
+from sweeps.tracking import TAG_NODE, ChildRun, TrackingTarget, child_runs, mark_killed
 
 # Test hook: a trial on its first attempt raises right after its first checkpoint, so
 # the tests can see Tune retry it from that checkpoint. Read on the driver.
@@ -37,6 +39,11 @@ FAIL_ONCE_ENV = "MONOSCALE_TEST_FAIL_ONCE_AFTER_CHECKPOINT"
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # The sweep prints its own progress; Tune's console tables and hints only add noise.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# MLflow is the record of every run. Of Tune's per-trial logs only result.json is kept
+# (fit()'s ResultGrid reads it; _run_config adds its logger): the TensorBoard one imported
+# tensorboardX and boto3 in the driver at every fit(), 3.4 s of a 4 s profile of fit()'s
+# start under load (py-spy, here).
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
@@ -155,8 +162,8 @@ def train_member(cfg: RunConfig, ctx: TrialContext, out_dir: Path, resumed_from_
     from sae_core.trainer import DivergedError
 
     spent = cfg.compute_flops if compute_flops_spent is None else compute_flops_spent
-    run = ChildRun(ctx.target, cfg, resumed_from_step, extra_tags,
-                   {"compute_flops_spent": spent})
+    tags = {TAG_NODE: ray.get_runtime_context().get_node_id(), **(extra_tags or {})}
+    run = ChildRun(ctx.target, cfg, resumed_from_step, tags, {"compute_flops_spent": spent})
 
     def on_checkpoint(path: Path, step: int) -> None:
         (out_dir / "checkpoint_step.json").write_text(json.dumps({"step": step}))
@@ -291,6 +298,6 @@ def _run_config(spec: SweepSpec, root: Path, name: str | None = None) -> tune.Ru
         storage_path=str(root),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[_ProgressCallback()],
+        callbacks=[_ProgressCallback(), JsonLoggerCallback()],
         verbose=0,  # the sweep prints its own progress lines
     )

@@ -2,10 +2,9 @@
 then a second `ray start --address` with its own CPU and a `node2` resource), the smoke
 sweep submitted to it through `--address`, and both nodes running trials.
 
-Which node ran a trial: Tune records the pid of the process that ran it (its result.json,
-written from inside the trial); Ray's GCS records the node of every trial actor. Both
-nodes are on 127.0.0.1 (same host name and IP), so the node id is the only thing that
-tells them apart.
+Which node ran a trial: each run's MLflow tag `monoscale.ray_node_id`, set from inside
+the trial. Both nodes are on 127.0.0.1 (same host name and IP), so the node id is the
+only thing that tells them apart.
 
 Cleanup stops only what this test started: each `ray start --block` runs in its own
 session, and every process of those two sessions is killed at the end (never `ray stop`,
@@ -46,7 +45,6 @@ SUBMIT_TIMEOUT_S = 420
 _INSPECT = """
 import json, sys, time
 import ray
-from ray._private import state
 ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
 deadline = time.monotonic() + float(sys.argv[2])
 while True:
@@ -54,10 +52,7 @@ while True:
     if len(nodes) >= int(sys.argv[3]) or time.monotonic() > deadline:
         break
     time.sleep(0.5)
-actors = [{"cls": a["ActorClassName"], "pid": a["Pid"], "node": a["Address"]["NodeID"]}
-          for a in state.actors().values()]
-print(json.dumps({"nodes": [{"id": n["NodeID"], "resources": n["Resources"]} for n in nodes],
-                  "actors": actors}))
+print(json.dumps({"nodes": [{"id": n["NodeID"], "resources": n["Resources"]} for n in nodes]}))
 """
 
 
@@ -183,14 +178,9 @@ def test_smoke_sweep_runs_on_both_nodes(two_node_cluster: tuple[str, dict[str, s
     client = MlflowClient(tracking_uri)
     assert all("loss" in client.get_run(r.info.run_id).data.metrics for r in runs)
 
-    # Which node ran each grid point: trial pid (from Tune's result, recorded inside the
-    # trial) -> the node of the trial actor with that pid (from Ray's GCS).
+    # Which node ran each grid point: the trial tags its run with its Ray node id.
     cluster = _inspect(address, env, n_nodes=2)
-    node_of_pid = {a["pid"]: a["node"] for a in cluster["actors"] if a["cls"] == "ImplicitFunc"}
-    node_of_key = {}
-    for result in (storage / "tune" / spec.name).glob("*/result.json"):
-        last = json.loads(result.read_text().strip().splitlines()[-1])
-        node_of_key[last["config"]["run_key"]] = node_of_pid[last["pid"]]
+    node_of_key = {r.data.tags[tracking.TAG_KEY]: r.data.tags[tracking.TAG_NODE] for r in runs}
     assert set(node_of_key) == keys
     head = next(n["id"] for n in cluster["nodes"] if "node2" not in n["resources"])
     node2 = next(n["id"] for n in cluster["nodes"] if "node2" in n["resources"])
