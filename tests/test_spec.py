@@ -148,7 +148,15 @@ def test_shipped_specs_load(name: str) -> None:
     d_in = 384 if name == "demo.yaml" else yaml.safe_load(path.read_text())["cache"][
         "build"]["synthetic"]["d_in"]
     configs = expand(spec, d_in)
-    assert (6 <= len(configs) <= 8) if name == "smoke.yaml" else len(configs) == 12
+    assert (6 <= len(configs) <= 8) if name == "smoke.yaml" else len(configs) == 16
+    if name == "demo.yaml":  # branched, it would cost at most 0.65 of the independent grid
+        from sae_core.branching import branched_compute_flops, families, independent_compute_flops
+
+        grouped = families(configs)
+        assert not spec.branching and len(grouped) == 4
+        ratio = (sum(map(branched_compute_flops, grouped))
+                 / sum(map(independent_compute_flops, grouped)))
+        assert 0.62 < ratio <= 0.65
 
 
 def test_plan_narrows_the_spec_to_the_planned_run(tmp_path: Path) -> None:
