@@ -18,7 +18,7 @@ from dataclasses import fields
 from typing import Any
 
 from analysis.adaptive import AdaptiveSettings
-from sweeps.spec_values import SpecError, check_keys, check_mapping, parse_number
+from sweeps.spec_values import SpecError, check_keys, check_mapping, parse_number, positive_int
 
 _INT_KEYS = ("max_rounds", "n_draws")
 _KEYS = tuple(f.name for f in fields(AdaptiveSettings))
@@ -37,9 +37,7 @@ def parse_adaptive(value: Any, has_isoflop: bool, has_search: bool) -> AdaptiveS
         for key, given in value.items():
             where = f"adaptive.{key}"
             if key in _INT_KEYS:
-                if isinstance(given, bool) or not isinstance(given, int) or given < 1:
-                    raise SpecError(f"{where}: must be a positive integer, got {given!r}")
-                settings[key] = given
+                settings[key] = positive_int(given, where)
             else:
                 settings[key] = parse_number(given, where)
     if not has_isoflop:

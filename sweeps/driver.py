@@ -70,7 +70,8 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
            parent_tags: dict[str, str] | None = None) -> int:
     """Run every grid point that has no FINISHED run yet. Returns 0 when all have one."""
     from cluster.local import connect, probe
-    from sweeps.tune_runner import FAIL_ONCE_ENV, TrialContext, TuneOptions, run_grid
+    from sweeps.trial import FAIL_ONCE_ENV, TrialContext
+    from sweeps.tune_runner import TuneOptions, run_grid
 
     tracking.check_tracking_uri(where.tracking_uri)
     if address:
@@ -103,7 +104,7 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
             return 0
         if todo and spec.branching:
             from sae_core.branching import branched_compute_flops, families
-            from sweeps.tune_runner import run_family_trial
+            from sweeps.trial import run_family_trial
 
             left = {c.run_key for c in todo}  # a family runs while any member is unfinished
             todo_families = [f for f in families(configs)

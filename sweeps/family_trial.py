@@ -3,7 +3,7 @@
 The trial trains the family's trunk (its longest member), copying a fork checkpoint
 to each shorter member's out_dir at that member's decay start, then trains each branch,
 in turn, from its fork. Every member is its own MLflow child run, as in a plain sweep
-(tune_runner.train_member), with the branches tagged `monoscale.branch_of` = the
+(trial.train_member), with the branches tagged `monoscale.branch_of` = the
 trunk's run_key.
 
 Compute, charged honestly: `compute_flops` stays each member's effective compute
@@ -31,7 +31,7 @@ from sae_core import checkpoint
 from sae_core.branching import Branch, Family, families
 from sae_core.config import RunConfig
 from sweeps.tracking import TAG_BRANCH_OF, child_runs, mark_killed
-from sweeps.tune_runner import TrialContext, restore_checkpoint, train_member, with_trial_resources
+from sweeps.trial import TrialContext, restore_checkpoint, train_member, with_trial_resources
 
 
 def family_of(trunk_key: str, configs: dict[str, dict[str, Any]]) -> Family:
@@ -44,7 +44,7 @@ def family_of(trunk_key: str, configs: dict[str, dict[str, Any]]) -> Family:
 
 
 def run_family(config: dict[str, Any], ctx: TrialContext) -> dict[str, float]:
-    """Inside one Tune trial (tune_runner.run_family_trial): the unfinished members of
+    """Inside one Tune trial (trial.run_family_trial): the unfinished members of
     one family, trunk first. Returns the last member's result for Tune to record, or
     {"diverged": 1} when any member diverged."""
     family = family_of(config["run_key"], ctx.configs)

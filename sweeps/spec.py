@@ -39,9 +39,12 @@ from sweeps.spec_values import (
     SpecError,
     check_keys,
     check_mapping,
+    non_negative_int,
     parse_axis,
+    parse_bool,
     parse_number,
     parse_run_field,
+    positive_int,
     read_yaml,
 )
 
@@ -157,7 +160,7 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
 
     sizes, isoflop = _parse_sizes(data, axes)
     search = _parse_search(data.get("search"), axes)
-    branching = _bool(data.get("branching", False), "branching")
+    branching = parse_bool(data.get("branching", False), "branching")
     if branching and search is not None:
         raise SpecError("branching: not with search (each lr trial is its own run)")
     return SweepSpec(
@@ -166,11 +169,11 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         sizes=sizes, isoflop=isoflop, search=search,
         adaptive=parse_adaptive(data.get("adaptive"), isoflop is not None, search is not None),
         resources=_parse_resources(data.get("resources") or {}),
-        stage=_positive_int(data.get("stage", 1), "stage"),
-        max_concurrent_trials=_positive_int(data.get("max_concurrent_trials", 2),
+        stage=positive_int(data.get("stage", 1), "stage"),
+        max_concurrent_trials=positive_int(data.get("max_concurrent_trials", 2),
                                             "max_concurrent_trials"),
-        max_failures=_non_negative_int(data.get("max_failures", 2), "max_failures"),
-        log_weights=_bool(data.get("log_weights", False), "log_weights"),
+        max_failures=non_negative_int(data.get("max_failures", 2), "max_failures"),
+        log_weights=parse_bool(data.get("log_weights", False), "log_weights"),
         branching=branching,
     )
 
@@ -227,7 +230,7 @@ def _parse_search(search: Any, axes: dict[str, tuple[Any, ...]]) -> SearchSpec |
     high = parse_number(bounds[1], "search.range[1]")
     if not low < high:
         raise SpecError(f"search.range: low must be below high, got {bounds!r}")
-    return SearchSpec(axis, low, high, _positive_int(search["n_trials"], "search.n_trials"))
+    return SearchSpec(axis, low, high, positive_int(search["n_trials"], "search.n_trials"))
 
 
 def _parse_resources(res: Any) -> Resources:
@@ -240,24 +243,6 @@ def _parse_resources(res: Any) -> Resources:
     if gpu > 1 and gpu != int(gpu):
         raise SpecError(f"resources.gpu: above 1 it must be whole, got {gpu!r}")
     return Resources(cpu=float(cpu), gpu=float(gpu))
-
-
-def _positive_int(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise SpecError(f"{where}: must be a positive integer, got {value!r}")
-    return value
-
-
-def _non_negative_int(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise SpecError(f"{where}: must be an integer >= 0, got {value!r}")
-    return value
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise SpecError(f"{where}: must be true or false, got {value!r}")
-    return value
 
 
 def size_pairs(spec: SweepSpec, d_in: int) -> list[tuple[int, int]]:

@@ -123,3 +123,21 @@ def parse_axis(name: str, type_name: str, value: Any, where: str) -> tuple[Any, 
         raise SpecError(f"{where}: empty axis, the grid would have no points")
     return tuple(parse_run_field(name, type_name, v, f"{where}[{i}]")
                  for i, v in enumerate(value))
+
+
+def positive_int(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise SpecError(f"{where}: must be a positive integer, got {value!r}")
+    return value
+
+
+def non_negative_int(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise SpecError(f"{where}: must be an integer >= 0, got {value!r}")
+    return value
+
+
+def parse_bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}: must be true or false, got {value!r}")
+    return value

@@ -19,7 +19,7 @@ import pytest
 from sweeps import tracking
 from sweeps.driver import Where, submit
 from sweeps.spec import load_spec
-from sweeps.tune_runner import FAIL_ONCE_ENV
+from sweeps.trial import FAIL_ONCE_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
