@@ -153,7 +153,9 @@ def _analyze(
         drawn = fit_laws(draw[~draw["_lr"]], draw[draw["_lr"]], k, tol_dex, budgets, lr_band, warm)
         return derived(drawn, k, target)
 
-    draws = bootstrap_draws(both, derive, n_draws, seed, pd.Series(stratum))
+    design = [c for c in ("n_features", "n_steps", "lr") if c in both]
+    design_point = both[design].astype(str).agg(" ".join, axis=1)
+    draws = bootstrap_draws(both, derive, n_draws, seed, pd.Series(stratum), design_point)
     if draws.empty:
         draws = pd.DataFrame(columns=list(point))
     log_res = residuals(laws.parametric, stage1["n_features"], stage1["n_steps"], stage1["loss"])
