@@ -24,8 +24,9 @@ from sae_core.errors import UserError
 
 OBJECT_STORE_BYTES = 150 * 2**20  # Ray's minimum is 75 MB; the default takes 30% of RAM
 # What a trial process imports before its first step (3-4 s here). Ray's prestarted workers
-# import them while the driver opens MLflow and starts Tune, so a trial starts warm (the
-# first trial 0.3 s after its actor is created instead of 3 s; bench/orchestration_overhead).
+# import them while the driver opens MLflow and starts Tune, and Tune's trials run in them
+# (sweeps/tune_runner.py sees to that), so a trial starts warm: an actor answered 0.3 s
+# after its creation instead of 2.9-3.6 s, measured here.
 TRIAL_PRELOAD_MODULES = ("torch", "mlflow", "ray.tune")
 PROBE_TIMEOUT_S = 3.0
 DEFAULT_GCS_PORT = 6379  # `ray start --head` default
