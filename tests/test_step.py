@@ -106,3 +106,24 @@ def test_active_fraction_counts_positive_entries() -> None:
 def test_unknown_path_is_rejected() -> None:
     with pytest.raises(ValueError, match="path"):
         compute_gradients(make_sae(0.0), torch.randn(8, 16), 5.0, path="fast")
+
+
+def test_evaluate_decodes_sparse_f_as_the_dense_product() -> None:
+    """evaluate() decodes a sparse f through its active entries (sae_core/evaluate.py):
+    the metrics equal those of the dense forward pass."""
+    from sae_core.evaluate import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    sae = SAE.init(32, 512, 0.1, g)
+    x = torch.randn(3000, 32, generator=g)
+    with torch.no_grad():  # ~1% of the features fire: the sparse decode runs
+        sae.b_enc.copy_(-(x @ sae.W_enc).quantile(0.99, dim=0))
+        sae.b_dec.copy_(torch.randn(32, generator=g))
+        out = sae(x)
+    got = evaluate(sae, x, l1_coefficient=5.0, chunk_tokens=1024)
+    assert 0 < got["l0"] < 0.05 * 512
+    sq_err = (x - out.x_hat).pow(2).sum().item()
+    penalty = (out.f.sum(0) @ sae.W_dec.norm(dim=1)).item() / len(x)
+    assert got["mse"] == pytest.approx(sq_err / len(x), rel=1e-5)
+    assert got["loss"] == pytest.approx(sq_err / len(x) + 5.0 * penalty, rel=1e-5)
+    assert got["l0"] == pytest.approx((out.f > 0).sum().item() / len(x), rel=1e-9)
