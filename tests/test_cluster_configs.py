@@ -82,7 +82,7 @@ def test_launcher_starts_mlflow_on_the_head_with_one_worker(launcher: dict[str, 
     assert args[args.index("--workers") + 1] == "1"
     assert args[args.index("--backend-store-uri") + 1].startswith("sqlite:////")
     assert args[args.index("--artifacts-destination") + 1].startswith(SHARED)
-    assert not any("mlflow" in c for c in launcher["worker_start_ray_commands"])
+    assert not any("mlflow server" in c for c in launcher["worker_start_ray_commands"])
     starts = launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
 
