@@ -103,6 +103,11 @@ def connect(address: str | None = None, num_cpus: int | None = None,
                             "token auth needs its token in ~/.ray/auth_token or "
                             "RAY_AUTH_TOKEN)") from None
         return RaySession(address, started_here=True)
+    # With no RAY_AUTH_MODE set, Ray 2.60 turns token auth on for a local cluster and
+    # warns at every start that it did: the sweep's console is for the sweep. A mode the
+    # user chose keeps Ray's warnings.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR if os.environ.get("RAY_AUTH_MODE") is None else logging.WARNING)
     ray.init(
         address="local",  # never join a cluster `ray start` left running by accident
         num_cpus=num_cpus or os.cpu_count() or 1,
