@@ -51,9 +51,9 @@ def _decode(sae: SAE, f: torch.Tensor) -> torch.Tensor:
     training step does, sae_core/step.py). Measured here, one thread, d=384, F=8192,
     65,536 tokens at L0 43: the final evaluation took 14.5 s dense, 10.2 s so."""
     batch = f.shape[0]
+    if int(torch.count_nonzero(f)) > SPARSE_MAX_DENSITY * f.numel():
+        return sae.decode(f)  # counted first: the indices of a dense f would be huge
     rows, cols = f.nonzero(as_tuple=True)
-    if rows.numel() > SPARSE_MAX_DENSITY * f.numel():
-        return sae.decode(f)
     ptr = torch.zeros(batch + 1, dtype=torch.long, device=f.device)
     ptr[1:] = torch.bincount(rows, minlength=batch).cumsum(0)
     x_hat = functional.embedding_bag(cols, sae.W_dec, ptr, mode="sum",

@@ -45,7 +45,7 @@ def _let_trials_use_prestarted_workers() -> None:
     PyTorch Lightning, which monoscale does not use. Any runtime env unlike the job's makes
     Ray kill the workers it prestarted (which have already imported torch and mlflow,
     cluster/local.py) and start cold ones for the first trials: measured here, a trivial
-    trial started 5.6-5.9 s after fit() with it and the actors came up in 0.3 s without."""
+    trial started 5.6-5.9 s after fit() with it and 2.3 s after without."""
     try:
         from ray.tune.execution import class_cache
     except ImportError:  # another Ray layout: trials start cold, correct but slower
