@@ -76,8 +76,8 @@ def prepare_store(uri: str) -> None:
 
 def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,
                spec_path: Path, extra_tags: dict[str, str] | None = None) -> TrackingTarget:
-    """The experiment and the sweep's parent run (found again by its tag on a re-submit)."""
-    prepare_store(uri)
+    """The experiment and the sweep's parent run (found again by its tag on a re-submit),
+    in a store prepare_store made."""
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(sweep)
     if experiment is None:
