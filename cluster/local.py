@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import ray
@@ -120,3 +122,14 @@ def connect(address: str | None = None, num_cpus: int | None = None,
         _system_config={"preload_python_modules": list(TRIAL_PRELOAD_MODULES)},
     )
     return RaySession(ray.get_runtime_context().gcs_address, started_here=True)
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[RaySession]:
+    """connect() for a block that submits several sweeps: they share this Ray instead of
+    each starting and stopping its own."""
+    session = connect(address)
+    try:
+        yield session
+    finally:
+        session.close()

@@ -113,7 +113,7 @@ def run_adaptive(spec: SweepSpec, settings: AdaptiveSettings, where: Where,
                  address: str | None = None, parent_tags: dict[str, str] | None = None) -> int:
     """First pass, then adaptive rounds until analysis/adaptive.py says stop. Returns the
     driver's exit code (0 when every point, added ones too, has a FINISHED run)."""
-    from sweeps.cache_setup import planned_d_in
+    from cluster.local import ray_session
 
     if spec.search is not None:
         raise UserError("adaptive: not with search (the rounds add (F, steps) points)")
@@ -124,6 +124,16 @@ def run_adaptive(spec: SweepSpec, settings: AdaptiveSettings, where: Where,
         print(f"[{spec.name}] adaptive: the first pass did not finish every point; no rounds",
               flush=True)
         return rc
+    # One Ray for every round: each submit would start and stop its own (~10 s on 2 cores,
+    # bench/orchestration_overhead.py).
+    with ray_session(address):
+        return _rounds(spec, settings, where, address, parent_tags)
+
+
+def _rounds(spec: SweepSpec, settings: AdaptiveSettings, where: Where, address: str | None,
+            parent_tags: dict[str, str] | None) -> int:
+    from sweeps.cache_setup import planned_d_in
+
     d_in = planned_d_in(spec)  # the cache exists now
     design = design_of(spec, d_in)
     target = tracking.find_sweep(where.tracking_uri, spec.name)

@@ -47,6 +47,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from cluster.local import ray_session
     from sweeps.cli import main
 
     if not args.extrapolate > 0:
@@ -67,24 +68,27 @@ def run_demo(args: argparse.Namespace) -> int:
             raise SystemExit(code)
 
     step("stage 1, features x steps at a fixed LR", ["submit", spec, *where, *ray])
-    step("fit stage 1", ["analyze", spec, *where, *draws, f"--out={out / 'stage1'}"])
-    # Two decades around the stage-1 LR: with one decade (1e-3 x 10^±0.5) the first demo
-    # found the best LR on the grid's top edge at every budget.
-    step("plan stage 2", ["plan-lr", spec, *where, f"--fits={out / 'stage1' / 'fits.json'}",
-                          "--budgets=3", "--lr-span-dex=2", "--n-lrs=5", f"--out={lr_spec}"])
-    step("stage 2, LR at compute-optimal (F, steps)", ["submit", lr_spec, *where, *ray])
-    step("fit stages 1 and 2", ["analyze", spec, f"--lr-spec={lr_spec}", *where, *draws,
-                                f"--out={out / 'stage2'}"])
-    fits = json.loads((out / "stage2" / "fits.json").read_text())
-    top_budget = max(row["compute_flops"] for row in fits["isoflop"] or fits["frontier"])
-    compute = args.extrapolate * top_budget
-    step(f"plan the large run at {args.extrapolate:g}x the top budget",
-         ["plan", spec, *where, f"--fits={out / 'stage2' / 'fits.json'}",
-          f"--compute={compute:.6g}", f"--out={plan}"])
-    step("train the planned run", ["submit", spec, f"--plan={plan}", *where, *ray])
-    step("predicted against achieved", ["analyze", spec, f"--lr-spec={lr_spec}",
-                                        f"--plan={plan}", *where, *draws,
-                                        f"--out={out / 'final'}"])
+    # The cache exists now: the later submits share one Ray instead of each starting and
+    # stopping its own (~10 s each on 2 cores, bench/orchestration_overhead.py).
+    with ray_session(args.address):
+        step("fit stage 1", ["analyze", spec, *where, *draws, f"--out={out / 'stage1'}"])
+        # Two decades around the stage-1 LR: with one decade (1e-3 x 10^±0.5) the first demo
+        # found the best LR on the grid's top edge at every budget.
+        step("plan stage 2", ["plan-lr", spec, *where, f"--fits={out / 'stage1' / 'fits.json'}",
+                              "--budgets=3", "--lr-span-dex=2", "--n-lrs=5", f"--out={lr_spec}"])
+        step("stage 2, LR at compute-optimal (F, steps)", ["submit", lr_spec, *where, *ray])
+        step("fit stages 1 and 2", ["analyze", spec, f"--lr-spec={lr_spec}", *where, *draws,
+                                    f"--out={out / 'stage2'}"])
+        fits = json.loads((out / "stage2" / "fits.json").read_text())
+        top_budget = max(row["compute_flops"] for row in fits["isoflop"] or fits["frontier"])
+        compute = args.extrapolate * top_budget
+        step(f"plan the large run at {args.extrapolate:g}x the top budget",
+             ["plan", spec, *where, f"--fits={out / 'stage2' / 'fits.json'}",
+              f"--compute={compute:.6g}", f"--out={plan}"])
+        step("train the planned run", ["submit", spec, f"--plan={plan}", *where, *ray])
+        step("predicted against achieved", ["analyze", spec, f"--lr-spec={lr_spec}",
+                                            f"--plan={plan}", *where, *draws,
+                                            f"--out={out / 'final'}"])
     minutes = (time.monotonic() - started) / 60
     print(f"\nmonoscale demo: done in {minutes:.1f} min; fits, plots and plan in {out}")
     return 0
