@@ -125,9 +125,10 @@ def worker_cold_start_s(tracking_uri: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def sweep(spec_path: Path, where: Where, submitted_ms: float) -> dict[str, float]:
+def sweep(spec_path: Path, where: Where) -> dict[str, float]:
     """One `submit` of the spec; its wall time and its trials' times from MLflow."""
     spec = load_spec(spec_path)
+    submitted_ms = time.time() * 1000
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
         status = submit(spec, where)
@@ -151,20 +152,21 @@ def sweep(spec_path: Path, where: Where, submitted_ms: float) -> dict[str, float
             "trial_s_max": max(trial_s)}
 
 
-def ray_sweeps(root: Path, cache: Path, n_steps: int) -> dict[str, dict[str, float]]:
+def ray_sweeps(root: Path, cache: Path, n_steps: int
+               ) -> tuple[dict[str, float], dict[str, float], float]:
     """Cold: `submit` as the CLI runs it, starting a local Ray and creating a new MLflow
-    store. Warm: a second sweep (other seeds) on that Ray and store, as on a cluster."""
+    store. Warm: a second sweep (other seeds) on that Ray and store, as on a cluster.
+    Returns (cold, warm, a fresh interpreter's cold start as a trial process)."""
     where = Where.resolve(str(root / "store"), None)
-    cold = sweep(write_spec(root, cache, n_steps, "cold", seed0=0), where, time.time() * 1000)
+    cold = sweep(write_spec(root, cache, n_steps, "cold", seed0=0), where)
     session = connect(num_cpus=CONCURRENCY, num_gpus=0)
     try:
         time.sleep(10)  # the prestarted workers finish importing torch and mlflow
-        warm = sweep(write_spec(root, cache, n_steps, "warm", seed0=N_TRIALS), where,
-                     time.time() * 1000)
+        warm = sweep(write_spec(root, cache, n_steps, "warm", seed0=N_TRIALS), where)
         cold_start_s = worker_cold_start_s(where.tracking_uri)
     finally:
         session.close()
-    return {"cold": cold, "warm": warm, "worker_cold_start_s": {"s": cold_start_s}}
+    return cold, warm, cold_start_s
 
 
 def plain_loop(spec_path: Path, root: Path) -> tuple[float, int]:
@@ -190,11 +192,10 @@ def main() -> None:
         n_steps, per_step_s, fixed_s = calibrate(cache, root)
         print(f"calibrated: {n_steps} steps ({per_step_s * 1e3:.2f} ms/step + {fixed_s:.2f} s)",
               file=sys.stderr)
-        sweeps = ray_sweeps(root, cache, n_steps)
+        cold, warm, cold_start_s = ray_sweeps(root, cache, n_steps)
         loop_wall_s, loop_n_run = plain_loop(write_spec(root, cache, n_steps), root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    cold, warm = sweeps["cold"], sweeps["warm"]
 
     def rounded(d: dict[str, float]) -> dict[str, float]:
         return {k: round(v, 3) for k, v in d.items()}
@@ -213,7 +214,7 @@ def main() -> None:
         "cold": rounded(cold),  # as above, in detail
         "warm": rounded(warm),  # Ray running and the store made, as on a cluster
         # a fresh interpreter importing what a trial imports (what preloading hides)
-        "worker_cold_start_s": round(sweeps["worker_cold_start_s"]["s"], 2),
+        "worker_cold_start_s": round(cold_start_s, 2),
         "loop_wall_s": round(loop_wall_s, 2), "loop_trainings_run": loop_n_run,
         "loop_threads": CONCURRENCY,
         "loop_tracking": "none",
