@@ -123,10 +123,10 @@ def loss_comparison(where: Where, ways: dict[str, SweepSpec], seeds: SweepSpec
     (max - min over seeds 0, 1, 2, relative to the mean) at the seeded points."""
     ind = losses(where, ways["independent"].name)
     br = losses(where, ways["branched"].name)
-    pairs = [{"n_features": f, "n_steps": t, "independent": round(loss, 3),
-              "branched": round(br[(f, t, seed)], 3),
-              "rel_diff": round(br[(f, t, seed)] / loss - 1, 5)}
-             for (f, t, seed), loss in sorted(ind.items())]
+    diff = {(f, t): br[(f, t, seed)] / loss - 1 for (f, t, seed), loss in sorted(ind.items())}
+    pairs = [{"n_features": f, "n_steps": t, "independent": round(ind[(f, t, 0)], 3),
+              "branched": round(br[(f, t, 0)], 3), "rel_diff": round(rel, 5)}
+             for (f, t), rel in diff.items()]
     by_point: dict[tuple[int, int], list[float]] = {}
     for (f, t, _), loss in sorted({**ind, **losses(where, seeds.name)}.items()):
         by_point.setdefault((f, t), []).append(loss)
@@ -134,7 +134,6 @@ def loss_comparison(where: Where, ways: dict[str, SweepSpec], seeds: SweepSpec
                   for point, v in by_point.items() if len(v) > 1}
     spread = [{"n_features": f, "n_steps": t, "losses": [round(x, 3) for x in by_point[(f, t)]],
                "spread_rel": round(rel, 5)} for (f, t), rel in spread_rel.items()]
-    diff = {(f, t): br[(f, t, 0)] / ind[(f, t, 0)] - 1 for (f, t, _) in ind}
     within = all(abs(diff[point]) <= rel for point, rel in spread_rel.items())
     return {"branched_vs_independent": pairs, "seed_spread": spread,
             "branched_within_seed_spread": within}
