@@ -41,7 +41,28 @@ class RaySession:
 
     def close(self) -> None:
         if self.started_here and ray.is_initialized():
+            _stop_autoscaler_monitor()
             ray.shutdown()
+
+
+def _stop_autoscaler_monitor() -> None:
+    """SIGKILL the autoscaler monitor of a Ray this process started, before ray.shutdown.
+
+    ray.shutdown stops Ray's processes one by one with SIGTERM and a 1 s grace each. The
+    monitor's SIGTERM handler writes to the GCS, which Ray has already stopped by then, so
+    it always used the whole second (measured here: 1.02 s of a 1.41 s shutdown; the other
+    four processes 0.1 s together). A local cluster's monitor has nothing to save. Ray's
+    handle on its processes is private: without it, shutdown just takes the second."""
+    try:
+        from ray._private import worker as ray_worker
+
+        processes = ray_worker._global_node.all_processes  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        return
+    for info in processes.get("monitor", []):  # none on a cluster joined by address
+        if info.process.poll() is None:
+            info.process.kill()
+            info.process.wait(timeout=5)
 
 
 def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:

@@ -28,10 +28,9 @@ def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """A local Ray for one test module: both cores, a small object store (2-core CI)."""
-    import ray
+    """A local Ray for one test module, started as `submit` starts one (cluster/local.py)."""
+    from cluster.local import connect
 
-    ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=100 * 2**20,
-             include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    session = connect(num_cpus=2, num_gpus=0)
+    yield session
+    session.close()
