@@ -3,9 +3,52 @@ creates, and the local Ray it starts and stops (bench/orchestration_overhead.py 
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
+import pytest
 import ray
+from mlflow import MlflowClient
 
 from cluster.local import _stop_autoscaler_monitor, connect
+from sweeps import tracking
+
+
+def _revision(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("select version_num from alembic_version").fetchone()[0]
+
+
+def test_new_stores_are_copies_of_one_migrated_template(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    first, second = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
+    for db in (first, second):
+        db.parent.mkdir()
+    tracking.prepare_store(f"sqlite:///{first}")
+    [template] = (tmp_path / "xdg" / "monoscale").iterdir()
+    made_ns = template.stat().st_mtime_ns
+    tracking.prepare_store(f"sqlite:///{second}")
+    assert template.stat().st_mtime_ns == made_ns  # made once, copied twice
+    # The copy is at the revision MLflow's own migrations reach.
+    migrated = tmp_path / "migrated.db"
+    MlflowClient(f"sqlite:///{migrated}").search_experiments()
+    assert _revision(first) == _revision(second) == _revision(migrated)
+    # Two copies are two stores.
+    target = tracking.open_sweep(f"sqlite:///{second}", "s", 1, tmp_path / "art",
+                                 tmp_path / "s.yaml")
+    assert MlflowClient(f"sqlite:///{second}").get_run(target.parent_run_id)
+    assert MlflowClient(f"sqlite:///{first}").get_experiment_by_name("s") is None
+
+
+def test_a_store_is_made_without_a_writable_cache(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "xdg").write_text("a file where the cache directory would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.prepare_store(uri)
+    target = tracking.open_sweep(uri, "s", 1, tmp_path / "art", tmp_path / "s.yaml")
+    assert MlflowClient(uri).get_run(target.parent_run_id).data.tags[tracking.TAG_SWEEP] == "s"
 
 
 def test_closing_a_local_ray_stops_its_autoscaler_monitor_first() -> None:
