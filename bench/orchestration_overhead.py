@@ -14,6 +14,9 @@
    MLflow parent run, Tune's start, worker start-up, trial scheduling, audit);
    `first_trial_start_s` is the part before the first trial, `steady_state_ratio` the
    first trial's start to the last one's end over the ideal (Tune's gaps alone).
+   `cpu_floor_before_first_trial_s` is the machine's busy CPU time before the first trial
+   (/proc/stat, every process) over its cores: the start's physical limit on this machine
+   unless that work is removed.
 3. The baseline a user would write without Ray: the same 16 trainings one after another
    in one process, 2 torch threads each, no tracking (the "SAELens for-loop"); it stops
    after LOOP_BUDGET_S and projects to 16 (`loop_trainings_run` says how many ran).
@@ -30,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -125,14 +129,37 @@ def worker_cold_start_s(tracking_uri: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+class CpuSampler(threading.Thread):
+    """The machine's busy CPU-seconds over time, from /proc/stat every 50 ms (Linux)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, float]] = []  # (time.time(), busy CPU-s so far)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self.stopped.wait(0.05):
+            with open("/proc/stat") as stat:  # cpu user nice system idle iowait irq softirq
+                fields = [int(x) for x in stat.readline().split()[1:8]]
+            self.samples.append((time.time(), (sum(fields) - fields[3] - fields[4]) / tick))
+
+    def busy_s(self, t0: float, t1: float) -> float:
+        inside = [busy for t, busy in self.samples if t0 <= t <= t1]
+        return inside[-1] - inside[0] if len(inside) > 1 else float("nan")
+
+
 def sweep(spec_path: Path, where: Where) -> dict[str, float]:
     """One `submit` of the spec; its wall time and its trials' times from MLflow."""
     spec = load_spec(spec_path)
+    sampler = CpuSampler()
+    sampler.start()
     submitted_ms = time.time() * 1000
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
         status = submit(spec, where)
     wall_s = time.perf_counter() - start
+    sampler.stopped.set()
     if status != 0:
         raise SystemExit(f"the sweep did not finish every trial (exit {status})")
     target = tracking.find_sweep(where.tracking_uri, spec.name)
@@ -146,6 +173,10 @@ def sweep(spec_path: Path, where: Where) -> dict[str, float]:
     ideal_s = sum(trial_s) / CONCURRENCY
     return {"wall_s": wall_s, "ideal_s": ideal_s, "overhead_ratio": wall_s / ideal_s,
             "first_trial_start_s": (first_start_ms - submitted_ms) / 1000,
+            # the machine's busy CPU-seconds before the first trial / its cores: the least
+            # time that work could take (first_trial_start_s near it: a CPU-bound start)
+            "cpu_floor_before_first_trial_s": sampler.busy_s(
+                submitted_ms / 1000, first_start_ms / 1000) / (os.cpu_count() or 1),
             # first trial's start -> last trial's end: Tune's gaps between trials alone
             "steady_state_ratio": (last_end_ms - first_start_ms) / 1000 / ideal_s,
             "trial_s_mean": sum(trial_s) / N_TRIALS, "trial_s_min": min(trial_s),
