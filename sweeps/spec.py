@@ -35,6 +35,7 @@ from analysis.adaptive import AdaptiveSettings
 from sae_core.branching import with_shared_warmup
 from sae_core.config import RunConfig
 from sweeps.adaptive_spec import parse_adaptive
+from sweeps.spec_sizes import SIZE_AXES, IsoflopSpec, parse_sizes, size_pairs
 from sweeps.spec_values import (
     SpecError,
     check_keys,
@@ -52,7 +53,6 @@ from sweeps.spec_values import (
 _RESERVED = frozenset({"cache_dir", "d_in"})
 # field -> its annotation as text ("int", "float", "str", "int | None")
 RUN_FIELDS = {f.name: str(f.type) for f in fields(RunConfig) if f.name not in _RESERVED}
-SIZE_AXES = ("n_features", "n_steps")
 _TOP_KEYS = ("name", "stage", "cache", "base", "grid", "points", "isoflop", "search",
              "resources", "max_concurrent_trials", "max_failures", "log_weights", "adaptive", "branching")
 
@@ -77,12 +77,6 @@ class SearchSpec:
     low: float
     high: float
     n_trials: int
-
-
-@dataclass(frozen=True)
-class IsoflopSpec:
-    compute_flops: tuple[float, ...]
-    n_features: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -158,7 +152,7 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
             raise SpecError(f"grid.{key}: also set in base; set it in one place")
         axes[key] = parse_axis(key, RUN_FIELDS[key], value, f"grid.{key}")
 
-    sizes, isoflop = _parse_sizes(data, axes)
+    sizes, isoflop = parse_sizes(data, axes)
     search = _parse_search(data.get("search"), axes)
     branching = parse_bool(data.get("branching", False), "branching")
     if branching and search is not None:
@@ -176,41 +170,6 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         log_weights=parse_bool(data.get("log_weights", False), "log_weights"),
         branching=branching,
     )
-
-
-def _parse_sizes(data: Mapping[str, Any], axes: dict[str, tuple[Any, ...]]
-                 ) -> tuple[tuple[tuple[int, int], ...] | None, IsoflopSpec | None]:
-    """The (F, steps) pairs: a cross product, explicit points, or IsoFLOP budgets."""
-    given = [k for k in ("points", "isoflop") if k in data]
-    on_grid = [k for k in SIZE_AXES if k in axes]
-    if len(given) > 1 or (given and on_grid):
-        raise SpecError(f"{' and '.join(given + ['grid.' + k for k in on_grid])}: give the "
-                        "sizes one way only (grid axes, points or isoflop)")
-    if "points" in data:
-        points = data["points"]
-        if not isinstance(points, list) or not points:
-            raise SpecError("points: must be a non-empty list of {n_features, n_steps}")
-        pairs = []
-        for i, point in enumerate(points):
-            check_mapping(point, f"points[{i}]")
-            check_keys(point, f"points[{i}].", SIZE_AXES, required=SIZE_AXES)
-            pairs.append(tuple(parse_run_field(k, "int", point[k], f"points[{i}].{k}")
-                               for k in SIZE_AXES))
-        return tuple(pairs), None  # type: ignore[arg-type]
-    if "isoflop" in data:
-        iso = data["isoflop"]
-        check_mapping(iso, "isoflop")
-        keys = ("compute_flops", "n_features")
-        check_keys(iso, "isoflop.", keys, required=keys)
-        return None, IsoflopSpec(
-            compute_flops=parse_axis("compute_flops", "float", iso["compute_flops"],
-                                     "isoflop.compute_flops"),
-            n_features=parse_axis("n_features", "int", iso["n_features"],
-                                  "isoflop.n_features"))
-    missing = [k for k in SIZE_AXES if k not in axes]
-    if missing:
-        raise SpecError(f"grid.{missing[0]}: missing (or give points: or isoflop:)")
-    return tuple(itertools.product(axes["n_features"], axes["n_steps"])), None
 
 
 def _parse_search(search: Any, axes: dict[str, tuple[Any, ...]]) -> SearchSpec | None:
@@ -243,22 +202,6 @@ def _parse_resources(res: Any) -> Resources:
     if gpu > 1 and gpu != int(gpu):
         raise SpecError(f"resources.gpu: above 1 it must be whole, got {gpu!r}")
     return Resources(cpu=float(cpu), gpu=float(gpu))
-
-
-def size_pairs(spec: SweepSpec, d_in: int) -> list[tuple[int, int]]:
-    """The (F, steps) pairs; IsoFLOP: steps = C / (12 d F batch) rounded (METHOD.md s2)."""
-    if spec.sizes is not None:
-        return list(spec.sizes)
-    assert spec.isoflop is not None
-    pairs = []
-    for budget in spec.isoflop.compute_flops:
-        for n_features in spec.isoflop.n_features:
-            n_steps = round(budget / (12 * d_in * n_features * spec.batch_size_tokens))
-            if n_steps < 1:
-                raise SpecError(f"isoflop: budget {budget:.3g} FLOPs at n_features="
-                                f"{n_features} (d_in={d_in}) gives under one step")
-            pairs.append((n_features, n_steps))
-    return pairs
 
 
 def expand(spec: SweepSpec, d_in: int) -> list[RunConfig]:

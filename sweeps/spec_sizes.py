@@ -1,0 +1,73 @@
+"""How a spec gives its (F, steps) pairs: a grid's cross product, explicit `points`, or
+`isoflop` budgets with widths, whose steps follow from C = 6 * 2 d F * steps * batch."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sweeps.spec_values import SpecError, check_keys, check_mapping, parse_axis, parse_run_field
+
+if TYPE_CHECKING:
+    from sweeps.spec import SweepSpec
+
+SIZE_AXES = ("n_features", "n_steps")
+
+
+@dataclass(frozen=True)
+class IsoflopSpec:
+    compute_flops: tuple[float, ...]
+    n_features: tuple[int, ...]
+
+
+def parse_sizes(data: Mapping[str, Any], axes: dict[str, tuple[Any, ...]]
+                ) -> tuple[tuple[tuple[int, int], ...] | None, IsoflopSpec | None]:
+    """The (F, steps) pairs: a cross product, explicit points, or IsoFLOP budgets."""
+    given = [k for k in ("points", "isoflop") if k in data]
+    on_grid = [k for k in SIZE_AXES if k in axes]
+    if len(given) > 1 or (given and on_grid):
+        raise SpecError(f"{' and '.join(given + ['grid.' + k for k in on_grid])}: give the "
+                        "sizes one way only (grid axes, points or isoflop)")
+    if "points" in data:
+        points = data["points"]
+        if not isinstance(points, list) or not points:
+            raise SpecError("points: must be a non-empty list of {n_features, n_steps}")
+        pairs = []
+        for i, point in enumerate(points):
+            check_mapping(point, f"points[{i}]")
+            check_keys(point, f"points[{i}].", SIZE_AXES, required=SIZE_AXES)
+            pairs.append(tuple(parse_run_field(k, "int", point[k], f"points[{i}].{k}")
+                               for k in SIZE_AXES))
+        return tuple(pairs), None  # type: ignore[arg-type]
+    if "isoflop" in data:
+        iso = data["isoflop"]
+        check_mapping(iso, "isoflop")
+        keys = ("compute_flops", "n_features")
+        check_keys(iso, "isoflop.", keys, required=keys)
+        return None, IsoflopSpec(
+            compute_flops=parse_axis("compute_flops", "float", iso["compute_flops"],
+                                     "isoflop.compute_flops"),
+            n_features=parse_axis("n_features", "int", iso["n_features"],
+                                  "isoflop.n_features"))
+    missing = [k for k in SIZE_AXES if k not in axes]
+    if missing:
+        raise SpecError(f"grid.{missing[0]}: missing (or give points: or isoflop:)")
+    return tuple(itertools.product(axes["n_features"], axes["n_steps"])), None
+
+
+def size_pairs(spec: SweepSpec, d_in: int) -> list[tuple[int, int]]:
+    """The (F, steps) pairs; IsoFLOP: steps = C / (12 d F batch) rounded (METHOD.md s2)."""
+    if spec.sizes is not None:
+        return list(spec.sizes)
+    assert spec.isoflop is not None
+    pairs = []
+    for budget in spec.isoflop.compute_flops:
+        for n_features in spec.isoflop.n_features:
+            n_steps = round(budget / (12 * d_in * n_features * spec.batch_size_tokens))
+            if n_steps < 1:
+                raise SpecError(f"isoflop: budget {budget:.3g} FLOPs at n_features="
+                                f"{n_features} (d_in={d_in}) gives under one step")
+            pairs.append((n_features, n_steps))
+    return pairs
