@@ -100,9 +100,16 @@ def _empty_store_template() -> Path:
 
 
 def _copy_atomically(source: Path, dest: Path) -> None:
+    """Copy to `dest` unless it exists by then: a hard link never replaces a store that
+    a concurrent submit made and has begun to fill."""
     partial = dest.with_name(f".{dest.name}.{os.getpid()}")
     shutil.copyfile(source, partial)
-    os.replace(partial, dest)
+    try:
+        os.link(partial, dest)
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink()
 
 
 def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,

@@ -39,6 +39,10 @@ def test_new_stores_are_copies_of_one_migrated_template(tmp_path: Path,
                                  tmp_path / "s.yaml")
     assert MlflowClient(f"sqlite:///{second}").get_run(target.parent_run_id)
     assert MlflowClient(f"sqlite:///{first}").get_experiment_by_name("s") is None
+    # A store that appeared meanwhile (a concurrent submit's) is never replaced.
+    tracking._copy_atomically(template, second)
+    assert MlflowClient(f"sqlite:///{second}").get_experiment_by_name("s") is not None
+    assert sorted(p.name for p in second.parent.iterdir()) == ["mlflow.db"]
 
 
 def test_a_store_is_made_without_a_writable_cache(tmp_path: Path,
