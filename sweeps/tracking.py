@@ -82,7 +82,7 @@ def prepare_store(uri: str) -> None:
     if path is not None and not path.exists():
         try:
             _copy_atomically(_empty_store_template(), path)
-        except OSError:  # no writable cache: MLflow migrates the new store itself below
+        except (OSError, RuntimeError):  # no (writable) cache: MLflow migrates it below
             pass
     MlflowClient(uri).search_experiments(max_results=1)  # migrates an older store
 
