@@ -6,17 +6,18 @@
    calibrated in-process (1 thread, as a 1-CPU Ray trial runs) so one training takes ~5 s.
 2. The sweep through the path users take: a spec file -> `sweeps.driver.submit`, which
    starts a local Ray and creates a new SQLite MLflow store (the "cold" sweep, issue 3's
-   figure), then a second sweep of 16 other seeds on that running Ray and store ("warm",
-   as on a cluster joined by --address). Each trial's own time is its MLflow run's
-   start->end, stamped from inside the trial; ideal = sum of trial times / concurrency;
-   overhead_ratio = the submit's wall time / ideal (target: <= 1.15). The wall time is
-   everything submit does (spec, cache check, Ray's start, the store's migrations, the
-   MLflow parent run, Tune's start, worker start-up, trial scheduling, audit);
-   `first_trial_start_s` is the part before the first trial, `steady_state_ratio` the
-   first trial's start to the last one's end over the ideal (Tune's gaps alone).
-   `cpu_floor_before_first_trial_s` is the machine's busy CPU time before the first trial
-   (/proc/stat, every process) over its cores: the start's physical limit on this machine
-   unless that work is removed.
+   figure), then a second sweep of 16 other seeds through `--address` on a Ray cluster
+   that `ray start --head` started beforehand, with the store made ("joined", as on a
+   cluster: a new Ray job, whose trial workers start with it). Each trial's own time is
+   its MLflow run's start->end, stamped from inside the trial; ideal = sum of trial times
+   / concurrency; overhead_ratio = the submit's wall time / ideal (target: <= 1.15). The
+   wall time is everything submit does (spec, cache check, Ray's start or join, the
+   store, the MLflow parent run, Tune's start, worker start-up, trial scheduling, audit,
+   Ray's stop); `first_trial_start_s` is the part before the first trial,
+   `steady_state_ratio` the first trial's start to the last one's end over the ideal
+   (Tune's gaps alone). `cpu_floor_before_first_trial_s` is the machine's busy CPU time
+   before the first trial (/proc/stat, every process) over its cores: the start's
+   physical limit on this machine unless that work is removed.
 3. The baseline a user would write without Ray: the same 16 trainings one after another
    in one process, 2 torch threads each, no tracking (the "SAELens for-loop"); it stops
    after LOOP_BUDGET_S and projects to 16 (`loop_trainings_run` says how many ran).
@@ -30,11 +31,14 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +47,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from cluster.local import connect  # noqa: E402
+from cluster.local import TRIAL_PRELOAD_MODULES  # noqa: E402
 from sae_core.config import RunConfig  # noqa: E402
 from sae_core.run import run_from_cache  # noqa: E402
 from sae_core.synthetic import PlantedDictionary, build_synthetic_cache  # noqa: E402
@@ -149,7 +153,7 @@ class CpuSampler(threading.Thread):
         return inside[-1] - inside[0] if len(inside) > 1 else float("nan")
 
 
-def sweep(spec_path: Path, where: Where) -> dict[str, float]:
+def sweep(spec_path: Path, where: Where, address: str | None = None) -> dict[str, float]:
     """One `submit` of the spec; its wall time and its trials' times from MLflow."""
     spec = load_spec(spec_path)
     sampler = CpuSampler()
@@ -157,7 +161,7 @@ def sweep(spec_path: Path, where: Where) -> dict[str, float]:
     submitted_ms = time.time() * 1000
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
-        status = submit(spec, where)
+        status = submit(spec, where, address)
     wall_s = time.perf_counter() - start
     sampler.stopped.set()
     if status != 0:
@@ -186,18 +190,62 @@ def sweep(spec_path: Path, where: Where) -> dict[str, float]:
 def ray_sweeps(root: Path, cache: Path, n_steps: int
                ) -> tuple[dict[str, float], dict[str, float], float]:
     """Cold: `submit` as the CLI runs it, starting a local Ray and creating a new MLflow
-    store. Warm: a second sweep (other seeds) on that Ray and store, as on a cluster.
-    Returns (cold, warm, a fresh interpreter's cold start as a trial process)."""
+    store. Joined: a second sweep (other seeds) into that store through `--address`, on a
+    head `ray start` started (as the cluster configs start theirs). Returns (cold, joined,
+    a fresh interpreter's cold start as a trial process)."""
     where = Where.resolve(str(root / "store"), None)
     cold = sweep(write_spec(root, cache, n_steps, "cold", seed0=0), where)
-    session = connect(num_cpus=CONCURRENCY, num_gpus=0)
+    with ray_head(root) as address:
+        joined = sweep(write_spec(root, cache, n_steps, "joined", seed0=N_TRIALS), where,
+                       address)
+    return cold, joined, worker_cold_start_s(where.tracking_uri)
+
+
+@contextlib.contextmanager
+def ray_head(root: Path) -> Iterator[str]:
+    """`ray start --head --block` in a session of its own, with the env the cluster configs
+    set; every process of that session is killed at the end (never `ray stop`, which
+    stops every Ray on the machine)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "RAY_preload_python_modules": ",".join(TRIAL_PRELOAD_MODULES)}
+    with open(root / "ray-head.log", "w") as log:
+        head = subprocess.Popen(
+            ["ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+             f"--num-cpus={CONCURRENCY}", "--num-gpus=0", "--include-dashboard=false",
+             f"--object-store-memory={150 * 2**20}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        time.sleep(10)  # the prestarted workers finish importing torch and mlflow
-        warm = sweep(write_spec(root, cache, n_steps, "warm", seed0=N_TRIALS), where)
-        cold_start_s = worker_cold_start_s(where.tracking_uri)
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"ray start --head failed: {(root / 'ray-head.log').read_text()}")
+            time.sleep(0.5)
+        time.sleep(5)  # the head's own processes settle, as on a cluster up for a while
+        yield f"127.0.0.1:{port}"
     finally:
-        session.close()
-    return cold, warm, cold_start_s
+        for pid in _session_pids(head.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        head.wait()
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
+
+
+def _session_pids(session: int) -> list[int]:
+    """Every process in the session (the head's `ray start` and all it spawned)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2:].split()[3]) == session:  # field 6: the sid
+                pids.append(int(entry.name))
+    return pids
 
 
 def plain_loop(spec_path: Path, root: Path) -> tuple[float, int]:
@@ -223,7 +271,7 @@ def main() -> None:
         n_steps, per_step_s, fixed_s = calibrate(cache, root)
         print(f"calibrated: {n_steps} steps ({per_step_s * 1e3:.2f} ms/step + {fixed_s:.2f} s)",
               file=sys.stderr)
-        cold, warm, cold_start_s = ray_sweeps(root, cache, n_steps)
+        cold, joined, cold_start_s = ray_sweeps(root, cache, n_steps)
         loop_wall_s, loop_n_run = plain_loop(write_spec(root, cache, n_steps), root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -243,7 +291,7 @@ def main() -> None:
         "target_ratio": 1.15,
         "meets_target": cold["overhead_ratio"] <= 1.15,
         "cold": rounded(cold),  # as above, in detail
-        "warm": rounded(warm),  # Ray running and the store made, as on a cluster
+        "joined": rounded(joined),  # `--address` to a running `ray start --head`
         # a fresh interpreter importing what a trial imports (what preloading hides)
         "worker_cold_start_s": round(cold_start_s, 2),
         "loop_wall_s": round(loop_wall_s, 2), "loop_trainings_run": loop_n_run,
