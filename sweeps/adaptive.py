@@ -124,8 +124,8 @@ def run_adaptive(spec: SweepSpec, settings: AdaptiveSettings, where: Where,
         print(f"[{spec.name}] adaptive: the first pass did not finish every point; no rounds",
               flush=True)
         return rc
-    # One Ray for every round: each submit would start and stop its own (~10 s on 2 cores,
-    # bench/orchestration_overhead.py).
+    # One Ray for every round: each submit would start and stop its own (~2.5 s more per
+    # sweep on 2 cores than joining one, bench/orchestration_overhead.py).
     with ray_session(address):
         return _rounds(spec, settings, where, address, parent_tags)
 

@@ -69,7 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     step("stage 1, features x steps at a fixed LR", ["submit", spec, *where, *ray])
     # The cache exists now: the later submits share one Ray instead of each starting and
-    # stopping its own (~10 s each on 2 cores, bench/orchestration_overhead.py).
+    # stopping its own (~2.5 s each on 2 cores, bench/orchestration_overhead.py).
     with ray_session(args.address):
         step("fit stage 1", ["analyze", spec, *where, *draws, f"--out={out / 'stage1'}"])
         # Two decades around the stage-1 LR: with one decade (1e-3 x 10^±0.5) the first demo
