@@ -15,7 +15,8 @@ Each way is its own sweep in one temporary MLflow store, through `sweeps.driver.
 (`sweeps.adaptive.run_adaptive` for the third) on a local Ray. Per way: the FLOPs spent
 (sum of `compute_flops_spent` over its finished runs: a branch pays its decay only), the
 wall time, and analysis.report.analyze's exponents of F_opt(C) and S_opt(C) with their
-95% bootstrap intervals, plus each budget's IsoFLOP optimum and edge flags.
+95% bootstrap intervals, each budget's IsoFLOP optimum and edge flags, and the plan the
+demo would make from it (F, steps and loss at 4x the top budget).
 
 4. seeds: the two widths nearest the top budget's optimum, independent, seeds 1 and 2,
    for the seed-to-seed spread that a branched run's loss is held against.
@@ -62,6 +63,7 @@ CUT_WIDTHS = (256, 813)
 SEEDED_WIDTHS = (813, 2580)  # the two nearest the top budget's optimum (2144 there)
 TARGET_FLOPS_RATIO = 0.65
 EXPONENTS = ("features_opt", "steps_opt")
+PLAN_AT = 4  # x the top budget, as `monoscale demo` plans its large run
 
 
 def spent_flops(where: Where, sweep: str) -> float:
@@ -81,9 +83,16 @@ def fit(where: Where, spec: SweepSpec, d_in: int, n_draws: int) -> dict[str, Any
     """The exponents with their intervals and each budget's IsoFLOP optimum."""
     runs = read_runs(where.tracking_uri, spec.name)
     budgets = list(spec.isoflop.compute_flops) if spec.isoflop else None
-    fits = analyze(runs, spec.batch_size_tokens, d_in, n_draws=n_draws, budgets=budgets)
+    target = PLAN_AT * max(budgets) if budgets else None
+    fits = analyze(runs, spec.batch_size_tokens, d_in, n_draws=n_draws, budgets=budgets,
+                   target_compute_flops=target)
+    plan = fits["prediction"]
     return {
         "n_runs": int(len(runs)),
+        # what the demo would plan from this stage 1: F, steps and loss at PLAN_AT x top
+        "plan": {key: {"value": round(plan[key]["value"], 1),
+                       "ci95": [round(x, 1) for x in plan[key]["ci95"]]}
+                 for key in ("n_features_opt", "n_steps_opt", "loss")},
         **{name: {"exponent": round(fits[name]["exponent"], 4),
                   "ci95": [round(x, 4) for x in fits[name]["exponent_ci95"]]}
            for name in EXPONENTS},
