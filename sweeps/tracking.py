@@ -78,11 +78,12 @@ def prepare_store(uri: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if uri.startswith(("http://", "https://")):
         return
-    path = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    plain_sqlite = uri.startswith("sqlite:///") and "?" not in uri
+    path = Path(uri.removeprefix("sqlite:///")) if plain_sqlite else None
     if path is not None and not path.exists():
         try:
             _copy_atomically(_empty_store_template(), path)
-        except (OSError, RuntimeError):  # no (writable) cache: MLflow migrates it below
+        except Exception:  # the copy only saves time: without it MLflow migrates below
             pass
     MlflowClient(uri).search_experiments(max_results=1)  # migrates an older store
 
@@ -94,8 +95,11 @@ def _empty_store_template() -> Path:
     if not template.exists():
         cache.mkdir(parents=True, exist_ok=True)
         fresh = cache / f".{template.name}.{os.getpid()}"
-        MlflowClient(f"sqlite:///{fresh}").search_experiments(max_results=1)
-        os.replace(fresh, template)  # a concurrent maker's copy is as good
+        try:
+            MlflowClient(f"sqlite:///{fresh}").search_experiments(max_results=1)
+            os.replace(fresh, template)  # a concurrent maker's copy is as good
+        finally:
+            fresh.unlink(missing_ok=True)
     return template
 
 
