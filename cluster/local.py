@@ -13,9 +13,11 @@ one fails in seconds with its name, before any MLflow run exists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,7 +69,8 @@ def _stop_autoscaler_monitor() -> None:
     for info in processes.get("monitor", []):  # none on a cluster joined by address
         if info.process.poll() is None:
             info.process.kill()
-            info.process.wait(timeout=5)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # ray.shutdown reaps it
+                info.process.wait(timeout=5)
 
 
 def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
