@@ -90,9 +90,9 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
         n_killed = tracking.mark_killed(target, runs, "left running by a driver that died")
         best = tracking.best_run_per_key(runs)
         todo = [c for c in configs if _state(best, c.run_key) != "FINISHED"]
-        print(f"[{spec.name}] {len(configs)} grid points: {len(configs) - len(todo)} "
-              f"finished, {len(todo)} to run" + (f" ({n_killed} interrupted runs marked "
-                                                 "KILLED)" if n_killed else ""), flush=True)
+        print(f"[{spec.name}] {len(configs)} grid points" + (
+            "" if spec.search else f": {len(configs) - len(todo)} finished, {len(todo)} to run")
+            + (f" ({n_killed} interrupted runs marked KILLED)" if n_killed else ""), flush=True)
         ctx = TrialContext(
             target=target, configs={c.run_key: c.to_dict() for c in configs},
             runs_dir=str(where.storage_dir / "runs" / spec.name),
@@ -101,8 +101,7 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
             cpus_per_trial=spec.resources.cpu, gpus_per_trial=spec.resources.gpu)
         options = TuneOptions(where.storage_dir, Path(ctx.runs_dir))
         if spec.search is not None:
-            _search(spec, configs, target, ctx, options)
-            return 0
+            return _search(spec, configs, target, ctx, options)
         if todo and spec.branching:
             from sae_core.branching import branched_compute_flops, families
             from sweeps.trial import run_family_trial
@@ -122,21 +121,39 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
 
 
 def _search(spec: SweepSpec, points: list[RunConfig], target: tracking.TrackingTarget,
-            ctx: object, options: object) -> None:
+            ctx: object, options: object) -> int:
+    """Run each point's missing lr trials, then close the sweep: 0 when every point has
+    its n_trials FINISHED trials."""
     from sweeps.tune_runner import run_search
 
     assert spec.search is not None
-    finished = [r for r in tracking.child_runs(target) if r.info.status == "FINISHED"]
     for point in points:
-        done = [(float(r.data.params["lr"]), r.data.metrics["loss"]) for r in finished
-                if r.data.params.get("n_features") == str(point.n_features)
-                and r.data.params.get("n_steps") == str(point.n_steps)
-                and r.data.params.get("seed") == str(point.seed) and "loss" in r.data.metrics]
+        done = search_trials_done(tracking.child_runs(target), point.run_key)
         left = spec.search.n_trials - len(done)
         print(f"[{spec.name}] F={point.n_features} steps={point.n_steps}: {len(done)} lr "
               f"trials finished, {max(0, left)} to run", flush=True)
         if left > 0:
             run_search(spec, point, left, done, ctx, options)  # type: ignore[arg-type]
+    runs = tracking.child_runs(target)
+    n_done = [min(len(search_trials_done(runs, p.run_key)), spec.search.n_trials)
+              for p in points]
+    for point, n in zip(points, n_done, strict=True):
+        if n < spec.search.n_trials:
+            print(f"[{spec.name}] not finished: F={point.n_features} steps={point.n_steps} "
+                  f"has {n} of {spec.search.n_trials} lr trials", flush=True)
+    n_trials = spec.search.n_trials * len(points)
+    tracking.close_sweep(target, n_trials, sum(n_done),
+                         sum(n * p.compute_flops for p, n in zip(points, n_done, strict=True)))
+    print(f"[{spec.name}] {sum(n_done)}/{n_trials} lr trials finished; MLflow: {target.uri}, "
+          f"experiment {target.experiment_id}", flush=True)
+    return 0 if sum(n_done) == n_trials else 1
+
+
+def search_trials_done(runs: list, point_key: str) -> list[tuple[float, float]]:
+    """(lr, loss) of the FINISHED search trials of the grid point `point_key`."""
+    return [(float(r.data.params["lr"]), r.data.metrics["loss"]) for r in runs
+            if r.info.status == "FINISHED" and r.data.tags.get(tracking.TAG_POINT) == point_key
+            and "loss" in r.data.metrics]
 
 
 def _state(best: dict, key: str) -> str:

@@ -33,6 +33,7 @@ TAG_ROLE, TAG_FAILURE = "monoscale.role", "monoscale.failure"
 TAG_RESUMED = "monoscale.resumed_from_step"
 TAG_BRANCH_OF = "monoscale.branch_of"  # a branched member: the run_key of its trunk
 TAG_NODE = "monoscale.ray_node_id"  # the Ray node that trained the run
+TAG_POINT = "monoscale.point_key"  # a search trial: the run_key of its (F, steps) point
 TAG_PARENT = "mlflow.parentRunId"
 _STATE_RANK = {"FINISHED": 0, "RUNNING": 1, "SCHEDULED": 1, "FAILED": 2, "KILLED": 3}
 

@@ -21,7 +21,7 @@ import ray
 from ray import tune
 
 from sae_core.config import RunConfig
-from sweeps.tracking import TAG_NODE, ChildRun, TrackingTarget, child_runs, mark_killed
+from sweeps.tracking import TAG_NODE, TAG_POINT, ChildRun, TrackingTarget, child_runs, mark_killed
 
 # Test hook: a trial on its first attempt raises right after its first checkpoint, so
 # the tests can see Tune retry it from that checkpoint. Read on the driver.
@@ -45,8 +45,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """One Tune trial: one attempt at one grid point, logged to its own MLflow run."""
     if "run_key" in config:
         cfg = RunConfig.from_dict(ctx.configs[config["run_key"]])
+        tags = {}
     else:  # a search trial: the point's config at the sampled lr
         cfg = RunConfig.from_dict(ctx.configs[config["point_key"]]).replace(lr=config["lr"])
+        tags = {TAG_POINT: config["point_key"]}
     cfg = with_trial_resources(cfg, ctx)
     earlier = child_runs(ctx.target, cfg.run_key)
     finished = [r for r in earlier if r.info.status == "FINISHED"]
@@ -58,7 +60,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     mark_killed(ctx.target, earlier, "left running by an earlier attempt that died")
     out_dir = Path(ctx.runs_dir) / cfg.run_key
     resumed_from_step = restore_checkpoint(tune.get_checkpoint(), out_dir)
-    metrics = train_member(cfg, ctx, out_dir, resumed_from_step)
+    metrics = train_member(cfg, ctx, out_dir, resumed_from_step, extra_tags=tags)
     tune.report(metrics if metrics is not None else {"diverged": 1.0})
 
 

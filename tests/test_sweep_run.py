@@ -106,24 +106,34 @@ def test_failing_trial_resumes_from_checkpoint_and_diverging_one_fails_alone(
     assert diverged[0].data.tags["monoscale.failure"].startswith("diverged")
 
 
-def test_lr_search_runs_n_trials_in_range_and_resubmit_adds_none(
+def test_lr_search_runs_n_trials_per_point_in_range_and_resubmit_adds_none(
         tmp_path: Path, synthetic_cache: Path) -> None:
+    # Two points that differ only in lambda: each gets its own n_trials (a point must not
+    # count the other's trials as its own), and the sweep's parent run ends FINISHED.
     spec_path = tmp_path / "search.yaml"
     spec_path.write_text(f"""
 name: t
 cache: {{path: {synthetic_cache}}}
 base: {{batch_size_tokens: 256, eval_n_tokens: 2048}}
 points: [{{n_features: 32, n_steps: 40}}]
-search: {{range: [1e-4, 1e-2], n_trials: 3}}
+grid: {{l1_coefficient: [1.0, 5.0]}}
+search: {{range: [1e-4, 1e-2], n_trials: 2}}
 """)
     where = Where.resolve(str(tmp_path / "store"), None)
     assert submit(load_spec(spec_path), where) == 0
     runs = children(where)
-    lrs = sorted(float(r.data.params["lr"]) for r in runs)
-    assert len(lrs) == len(set(lrs)) == 3 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
     assert {r.info.status for r in runs} == {"FINISHED"}
+    for lam in ("1.0", "5.0"):
+        point = [r for r in runs if r.data.params["l1_coefficient"] == lam]
+        lrs = sorted(float(r.data.params["lr"]) for r in point)
+        assert len(lrs) == len(set(lrs)) == 2 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+        assert len({r.data.tags[tracking.TAG_POINT] for r in point}) == 1
+    target = tracking.find_sweep(where.tracking_uri, "t")
+    assert target is not None
+    parent = mlflow.MlflowClient(where.tracking_uri).get_run(target.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_finished"] == 4
     assert submit(load_spec(spec_path), where) == 0
-    assert len(children(where)) == 3
+    assert len(children(where)) == 4
 
 
 def kill_session(sid: int) -> None:
