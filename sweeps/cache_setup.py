@@ -45,27 +45,31 @@ def planned_d_in(spec: SweepSpec) -> int:
 
     if (spec.cache.path / "meta.json").exists():
         return int(read_meta(spec.cache.path)["d_in"])
-    build = spec.cache.build or {}
-    if "synthetic" in build:
-        from sae_core.synthetic import PlantedDictionary
+    if spec.cache.build:
+        kind, params = _build_source(spec.cache.build)
+        if kind == "synthetic":
+            from sae_core.synthetic import PlantedDictionary
 
-        return int(build["synthetic"].get("d_in", PlantedDictionary.d_in))
-    if "model" in build:
-        from sae_core import activations
+            return int(params.get("d_in", PlantedDictionary.d_in))
+        from sae_core.activations import model_d_in
 
-        model_d_in = getattr(activations, "model_d_in", None)
-        if model_d_in is not None:
-            return int(model_d_in(build["model"].get("model", "minilm")))
+        return int(model_d_in(params.get("model", "minilm")))
     raise SpecError(f"cache.path: no activation cache at {spec.cache.path} yet, so its d_in "
                     "is unknown: build it first (`monoscale submit` or `monoscale cache`)")
 
 
-def _build(build: Mapping[str, Any], spec: SweepSpec) -> None:
+def _build_source(build: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
+    """cache.build's one source (synthetic or model) and its parameters, shape-checked."""
     check_keys(build, "cache.build.", ("synthetic", "model"))
     if len(build) != 1:
         raise SpecError("cache.build: give exactly one of synthetic, model")
     (kind, params), = build.items()
     check_mapping(params, f"cache.build.{kind}")
+    return kind, params
+
+
+def _build(build: Mapping[str, Any], spec: SweepSpec) -> None:
+    kind, params = _build_source(build)
     if kind == "synthetic":
         from sae_core.synthetic import PlantedDictionary, build_synthetic_cache
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sae_core.errors import UserError
+from sweeps.cache_setup import planned_d_in
 from sweeps.driver import Where, submit
 from sweeps.progress import SweepProgress
 from sweeps.spec import load_spec
@@ -61,6 +62,16 @@ def test_bad_build_instructions_name_the_field(tmp_path: Path) -> None:
                                ", build: {synthetic: {d_in: 8, n_tokenz: 10}}"))
     with pytest.raises(UserError, match="^cache.build.synthetic.n_tokenz: unknown key"):
         submit(spec, Where.resolve(str(tmp_path / "store"), None))
+
+
+
+@pytest.mark.parametrize("build", [", build: {model: minilm}", ", build: {synthetic: 64}",
+                                   ", build: {synthetic: {d_in: 8}, model: {}}"])
+def test_dry_run_names_a_malformed_build(tmp_path: Path, build: str) -> None:
+    # --dry-run reads d_in from the build instructions without building: same checks
+    spec = load_spec(spec_file(tmp_path, tmp_path / "c", build))
+    with pytest.raises(UserError, match="^cache.build"):
+        planned_d_in(spec)
 
 
 def test_progress_eta_weighs_trials_by_compute() -> None:
