@@ -153,6 +153,9 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         axes[key] = parse_axis(key, RUN_FIELDS[key], value, f"grid.{key}")
 
     sizes, isoflop = parse_sizes(data, axes)
+    if isoflop is not None and "batch_size_tokens" in axes:  # steps come from one batch size
+        raise SpecError("grid.batch_size_tokens: not with isoflop, whose steps per budget "
+                        "are set by base.batch_size_tokens")
     search = _parse_search(data.get("search"), axes)
     branching = parse_bool(data.get("branching", False), "branching")
     if branching and search is not None:

@@ -119,6 +119,8 @@ def test_bad_base_and_cache(tmp_path: Path) -> None:
         ("name: t\ncache: {}\n" + grid, "cache.path"),
         ("name: t\ncache: {path: c, recipe: 1}\n" + grid, "cache.recipe"),
         ("name: 'a b'\ncache: {path: c}\n" + grid, "name"),
+        (BASE.replace(", batch_size_tokens: 256", "") + "isoflop: {compute_flops: [1e9], "
+         "n_features: [64]}\ngrid: {batch_size_tokens: [256, 512]}", "grid.batch_size_tokens"),
     ]:
         with pytest.raises(UserError, match=f"^{field}:"):
             load_spec(write_spec(tmp_path, text))
