@@ -19,9 +19,11 @@ def format_seconds(seconds: float) -> str:
 
 
 class SweepProgress:
-    def __init__(self, sweep: str, flops_by_key: dict[str, float], out: TextIO = sys.stderr,
+    def __init__(self, sweep: str, flops_by_key: dict[str, float], out: TextIO | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.sweep, self.flops_by_key, self.out, self.clock = sweep, flops_by_key, out, clock
+        # stderr as it is now, not as it was at import (a redirected or closed stream then)
+        self.out = out if out is not None else sys.stderr
+        self.sweep, self.flops_by_key, self.clock = sweep, flops_by_key, clock
         self.started_at = clock()
         self.total_flops = sum(flops_by_key.values())
         self.mean_flops = self.total_flops / max(1, len(flops_by_key))

@@ -118,6 +118,7 @@ def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
         print(f"[{spec.name}] resuming the interrupted Tune experiment at {path}",
               file=_PROGRESS.out, flush=True)
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        keys = earlier_keys  # the restored experiment's trials: all of them, finished ones too
     else:
         shutil.rmtree(path, ignore_errors=True)  # a finished or stale experiment
         root.mkdir(parents=True, exist_ok=True)
@@ -161,6 +162,8 @@ def run_search(spec: SweepSpec, point: RunConfig, n_trials: int,
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     root = options.storage_dir / "tune"
+    name = f"{spec.name}-search-{point.run_key}"
+    shutil.rmtree(root / name, ignore_errors=True)  # before Tuner(), which writes into it
     tuner = tune.Tuner(
         trainable,
         param_space={"point_key": point.run_key,
@@ -168,9 +171,8 @@ def run_search(spec: SweepSpec, point: RunConfig, n_trials: int,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials,
                                     max_concurrent_trials=spec.max_concurrent_trials,
                                     reuse_actors=True),
-        run_config=_run_config(spec, root, name=f"{spec.name}-search-{point.run_key}"),
+        run_config=_run_config(spec, root, name=name),
     )
-    shutil.rmtree(root / f"{spec.name}-search-{point.run_key}", ignore_errors=True)
     tuner.fit()
 
 

@@ -182,3 +182,5 @@ def test_driver_killed_mid_sweep_then_resumed_finishes_each_point_once(
     assert len(keys) == len(set(keys)) == 4  # exactly one FINISHED run per grid point
     assert set(finished_before) <= {r.info.run_id for r in finished}  # never re-run
     assert not [r for r in runs if r.info.status == "RUNNING"]
+    # the resumed experiment is recorded as ended, so the next submit starts a fresh one
+    assert json.loads((store / "tune" / "t.monoscale.json").read_text())["done"]
