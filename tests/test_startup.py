@@ -10,6 +10,7 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
+from cluster import local
 from cluster.local import _stop_autoscaler_monitor, connect
 from sweeps import tracking
 
@@ -55,16 +56,25 @@ def test_a_store_is_made_without_a_writable_cache(tmp_path: Path,
     assert MlflowClient(uri).get_run(target.parent_run_id).data.tags[tracking.TAG_SWEEP] == "s"
 
 
-def test_closing_a_local_ray_stops_its_autoscaler_monitor_first() -> None:
+def test_closing_a_local_ray_stops_its_autoscaler_monitor_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """ray.shutdown gives the monitor a second it always uses up (its SIGTERM handler
     writes to the GCS Ray already stopped); close() kills it first."""
     assert not ray.is_initialized()
     session = connect(num_cpus=1, num_gpus=0)
-    try:
-        processes = ray._private.worker._global_node.all_processes
-        monitor, raylet = processes["monitor"][0].process, processes["raylet"][0].process
+    processes = ray._private.worker._global_node.all_processes
+    monitor, raylet = processes["monitor"][0].process, processes["raylet"][0].process
+    seen = []  # (monitor dead, raylet alive) right after close() stopped the monitor
+
+    def stop_and_look() -> None:
         _stop_autoscaler_monitor()
-        assert monitor.poll() is not None and raylet.poll() is None
-    finally:
+        seen.append((monitor.poll() is not None, raylet.poll() is None))
+
+    monkeypatch.setattr(local, "_stop_autoscaler_monitor", stop_and_look)
+    try:
         session.close()
+    finally:
+        if ray.is_initialized():  # close() failed: leave no Ray to the next test
+            ray.shutdown()
+    assert seen == [(True, True)]
     assert raylet.poll() is not None and not ray.is_initialized()
