@@ -1,9 +1,12 @@
 """What a submit pays before its first trial and after its last: the MLflow store it
-creates, and the local Ray it starts and stops (bench/orchestration_overhead.py times it)."""
+creates, the cache it checksums, and the local Ray it starts and stops
+(bench/orchestration_overhead.py times it)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,10 @@ from mlflow import MlflowClient
 
 from cluster import local
 from cluster.local import _stop_autoscaler_monitor, connect
-from sweeps import tracking
+from sae_core.cache import ActivationCache
+from sae_core.synthetic import PlantedDictionary, build_synthetic_cache
+from sweeps import cache_setup, tracking
+from sweeps.spec import load_spec
 
 
 def _revision(db: Path) -> str:
@@ -78,3 +84,25 @@ def test_closing_a_local_ray_stops_its_autoscaler_monitor_first(
             ray.shutdown()
     assert seen == [(True, True)]
     assert raylet.poll() is not None and not ray.is_initialized()
+
+
+def test_a_driver_checksums_a_cache_once_until_it_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adaptive rounds and the demo's stages submit from one process: the first submit
+    checksums the cache, later ones check sizes, a rebuilt cache (new meta.json) again."""
+    cache = tmp_path / "cache"
+    build_synthetic_cache(cache, PlantedDictionary(d_in=8, n_true_features=16), 5000)
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(f"name: s\ncache: {{path: {cache}}}\n"
+                         "grid: {n_features: [32], n_steps: [10]}\n")
+    spec = load_spec(spec_path)
+    monkeypatch.setattr(cache_setup, "_CHECKSUMMED", set())
+    opened = []
+    real_open = ActivationCache.open
+    monkeypatch.setattr(ActivationCache, "open", classmethod(
+        lambda cls, path, verify="size": (opened.append(verify), real_open(path, verify))[1]))
+    cache_setup.prepare_cache(spec)
+    cache_setup.prepare_cache(spec)
+    os.utime(cache / "meta.json", ns=(time.time_ns(), time.time_ns() + 10**9))
+    cache_setup.prepare_cache(spec)
+    assert opened == ["full", "size", "full"]
