@@ -43,11 +43,10 @@ DEFAULT_GCS_PORT = 6379  # `ray start --head` default
 
 @dataclass
 class RaySession:
-    address: str
-    started_here: bool  # a Ray this process started is shut down with it
+    connected_here: bool  # close() disconnects this process, and stops a Ray it started
 
     def close(self) -> None:
-        if self.started_here and ray.is_initialized():
+        if self.connected_here and ray.is_initialized():
             _stop_autoscaler_monitor()
             ray.shutdown()
 
@@ -121,7 +120,7 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     """Join `address`, or start a local Ray sized to this machine. A Ray already
     initialised in this process (tests, notebooks) is reused and left running."""
     if ray.is_initialized():
-        return RaySession(ray.get_runtime_context().gcs_address, started_here=False)
+        return RaySession(connected_here=False)
     # Keep Ray's console quiet (log_to_driver=False, warnings only): the sweep prints its
     # own progress.
     if address:
@@ -133,7 +132,7 @@ def connect(address: str | None = None, num_cpus: int | None = None,
             raise UserError(f"cannot join the Ray cluster at {address}: {err} (a cluster with "
                             "token auth needs its token in ~/.ray/auth_token or "
                             "RAY_AUTH_TOKEN)") from None
-        return RaySession(address, started_here=True)
+        return RaySession(connected_here=True)
     # With no RAY_AUTH_MODE set, Ray 2.60 turns token auth on for a local cluster and
     # warns at every start that it did: the sweep's console is for the sweep. A mode the
     # user chose keeps Ray's warnings.
@@ -151,7 +150,7 @@ def connect(address: str | None = None, num_cpus: int | None = None,
         _system_config={"preload_python_modules": list(TRIAL_PRELOAD_MODULES),
                         "idle_worker_killing_time_threshold_ms": IDLE_WORKER_EXIT_MS},
     )
-    return RaySession(ray.get_runtime_context().gcs_address, started_here=True)
+    return RaySession(connected_here=True)
 
 
 @contextmanager

@@ -99,7 +99,7 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
             log_weights=spec.log_weights,
             fail_once_after_checkpoint=bool(os.environ.get(FAIL_ONCE_ENV)),
             cpus_per_trial=spec.resources.cpu, gpus_per_trial=spec.resources.gpu)
-        options = TuneOptions(where.storage_dir, Path(ctx.runs_dir))
+        options = TuneOptions(where.storage_dir)
         if spec.search is not None:
             return _search(spec, configs, target, ctx, options)
         if todo and spec.branching:

@@ -35,11 +35,11 @@ class SweepProgress:
     def start(self, key: str) -> None:
         self.running[key] = self.clock()
 
-    def finish(self, key: str, loss: float | None, note: str = "") -> None:
+    def finish(self, key: str, loss: float | None) -> None:
         self.done.append(key)
         self.done_flops += self._flops(key)
         self.settled_flops += self._flops(key)
-        self._end(key, f"loss {loss:.4g}" if loss is not None else note)
+        self._end(key, f"loss {loss:.4g}" if loss is not None else "")
 
     def skip(self, key: str) -> None:
         """A restored trial whose grid point an earlier driver saw finish: not counted."""

@@ -265,12 +265,12 @@ class ChildRun:
                 self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
 
-    def fail(self, reason: str, status: str = "FAILED") -> None:
+    def fail(self, reason: str) -> None:
         try:
             self.metrics.flush()
         finally:
             self.client.log_batch(self.run_id, tags=[RunTag(TAG_FAILURE, reason[:4000])])
-            self.client.set_terminated(self.run_id, status)
+            self.client.set_terminated(self.run_id, "FAILED")
 
 
 def run_summary(run: Run) -> dict[str, Any]:

@@ -93,7 +93,6 @@ def _key(trial: Any) -> str:
 @dataclass(frozen=True)
 class TuneOptions:
     storage_dir: Path  # Tune experiments live in storage_dir/tune/<sweep name>
-    runs_dir: Path  # out_dir of each run: runs_dir/<run_key>
 
 
 def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
