@@ -136,18 +136,18 @@ def two_node_cluster() -> Iterator[tuple[str, dict[str, str]]]:
     started: list[subprocess.Popen] = []
     try:
         head_log = temp / "head.log"
-        started.append(subprocess.Popen(
-            ["ray", "start", "--head", f"--port={port}", "--include-dashboard=false",
-             f"--dashboard-port={_free_port()}", f"--temp-dir={temp / 'ray'}", *common],
-            env=env, stdout=head_log.open("w"), stderr=subprocess.STDOUT,
-            start_new_session=True))
+        with head_log.open("w") as out:  # the child keeps its own copy of the descriptor
+            started.append(subprocess.Popen(
+                ["ray", "start", "--head", f"--port={port}", "--include-dashboard=false",
+                 f"--dashboard-port={_free_port()}", f"--temp-dir={temp / 'ray'}", *common],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
         _wait_for_port(port, started[0], head_log)
         # The second node joins the head's session directory (one raylet per node id, so
         # two raylets on one host work); it needs no --temp-dir of its own.
-        started.append(subprocess.Popen(
-            ["ray", "start", f"--address={address}", '--resources={"node2": 1}', *common],
-            env=env, stdout=(temp / "node2.log").open("w"), stderr=subprocess.STDOUT,
-            start_new_session=True))
+        with (temp / "node2.log").open("w") as out:
+            started.append(subprocess.Popen(
+                ["ray", "start", f"--address={address}", '--resources={"node2": 1}', *common],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
         cluster = _inspect(address, env, n_nodes=2)
         assert len(cluster["nodes"]) == 2, (temp / "node2.log").read_text()
         yield address, env
