@@ -19,8 +19,8 @@ import numpy as np
 def single_threaded_blas() -> Iterator[None]:
     """Run BLAS on one thread: its threads cost ~10x on these tiny problems (measured here:
     scipy L-BFGS-B on 5 parameters 3.2 ms/iteration with OpenBLAS threads on a loaded
-    2-core machine, 0.27 ms with one). threadpoolctl comes with scikit-learn; without it,
-    this does nothing (set OPENBLAS_NUM_THREADS=1 instead)."""
+    2-core machine, 0.27 ms with one). threadpoolctl is a dependency (pyproject.toml);
+    an install without it runs BLAS as it is (set OPENBLAS_NUM_THREADS=1 then)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

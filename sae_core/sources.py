@@ -1,5 +1,5 @@
-"""One entry point to build a cache from a plain dict: what `monoscale cache` and a sweep
-spec's `cache: {build: ...}` both use. Keys are the `monoscale cache` flags:
+"""One entry point to build a cache from a plain dict: what `monoscale cache` uses (a sweep
+spec's `cache: {build: ...}` goes through sweeps/cache_setup.py). Keys are its flags:
 
     {"synthetic": {"d_in": 32, "n_true_features": 64, "l0": 4}, "n_tokens": 200000}
     {"npy": "acts.npy"}                     (also .safetensors; "tensor", "n_tokens", "dtype")

@@ -6,8 +6,9 @@
     ui
     demo                      sweeps/demo.py
 
-Each area adds its parsers with `add_commands(subparsers)` and imports heavy modules
-(torch, ray, mlflow) inside its handlers, so `monoscale --help` stays fast.
+Each area adds its parsers with `add_commands(subparsers)` (the demo: `add_command`) and
+imports heavy modules (torch, ray, mlflow) inside its handlers, so `monoscale --help`
+stays fast.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 `monoscale submit SPEC --plan PLAN.json` keeps SPEC's cache, base and resources and
 replaces its grid with the planned (F, steps, lr); the sweep is named `<name>-plan`, and
-the prediction is tagged on its parent run for `monoscale analyze` to compare.
+the prediction is tagged on its parent run (to read in the MLflow UI); `monoscale analyze
+--plan PLAN.json` sets it against the achieved loss.
 """
 
 from __future__ import annotations
@@ -44,8 +45,7 @@ def with_plan(spec: SweepSpec, plan: Mapping[str, Any]) -> SweepSpec:
 
 
 def planned_sweep(spec: SweepSpec, path: Path) -> tuple[SweepSpec, dict[str, str]]:
-    """The spec narrowed to the planned run; the prediction goes on the parent run, for
-    `monoscale analyze` to set against the achieved loss."""
+    """The spec narrowed to the planned run, and the prediction as tags for its parent run."""
     try:
         plan = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
