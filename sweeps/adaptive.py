@@ -57,7 +57,8 @@ def earlier_additions(target: tracking.TrackingTarget) -> dict[tuple[int, int], 
 def with_points(spec: SweepSpec, d_in: int, added: list[tuple[int, int]]) -> SweepSpec:
     """The spec with explicit (F, steps) points: the design's pairs, then the additions."""
     pairs = list(dict.fromkeys([*size_pairs(spec, d_in), *added]))
-    return replace(spec, sizes=tuple(pairs), isoflop=None)
+    floor = min(spec.isoflop.compute_flops) if spec.isoflop else spec.branch_floor_flops
+    return replace(spec, sizes=tuple(pairs), isoflop=None, branch_floor_flops=floor)
 
 
 def tag_additions(target: tracking.TrackingTarget, spec: SweepSpec, d_in: int,

@@ -99,6 +99,11 @@ class SweepSpec:
     # longest member and forks the shorter ones; every member shares the λ warm-up of
     # the family's shortest one.
     branching: bool = False
+    # With branching, an IsoFLOP design's smallest budget: a family's warm-up is then its
+    # width's at that budget, whether that run is in the spec or not, so that members an
+    # adaptive round adds later leave the earlier members' run keys as they were. Set from
+    # isoflop, and kept by the adaptive rounds' derived specs (which list points).
+    branch_floor_flops: float | None = None
 
     @property
     def batch_size_tokens(self) -> int:
@@ -212,7 +217,8 @@ def expand(spec: SweepSpec, d_in: int) -> list[RunConfig]:
 
     (F, steps) pairs outermost, then the other axes in the order the spec lists them.
     With `search`, each point carries base lr; the runner samples lr per trial. With
-    `branching`, the members of a family share its shortest member's λ warm-up.
+    `branching`, the members of a family share its shortest member's λ warm-up (IsoFLOP:
+    its width's at the smallest budget).
     """
     if d_in <= 0:
         raise SpecError(f"d_in must be positive, got {d_in}")
@@ -224,6 +230,18 @@ def expand(spec: SweepSpec, d_in: int) -> list[RunConfig]:
                             n_steps=n_steps, **{**spec.base, **dict(zip(names, values, strict=True))})
             configs.setdefault(cfg.run_key, cfg)
     if spec.branching:
-        return list({c.run_key: c for c in with_shared_warmup(configs.values())}.values())
+        members = [_design_warmup(c, spec) for c in configs.values()]
+        return list({c.run_key: c for c in with_shared_warmup(members)}.values())
     return list(configs.values())
+
+
+def _design_warmup(cfg: RunConfig, spec: SweepSpec) -> RunConfig:
+    """cfg with its width's λ warm-up at the design's smallest budget (IsoFLOP designs)."""
+    floor = spec.branch_floor_flops or (min(spec.isoflop.compute_flops) if spec.isoflop
+                                        else None)
+    if floor is None or cfg.l1_warmup_steps is not None:  # no design, or the user chose
+        return cfg
+    shortest = max(1, round(floor / (12 * cfg.d_in * cfg.n_features * cfg.batch_size_tokens)))
+    return cfg.replace(l1_warmup_steps=min(cfg.warmup_steps,
+                                           round(cfg.l1_warmup_frac * shortest)))
 

@@ -69,6 +69,32 @@ def test_spec_branching_key_gives_the_family_members(tmp_path: Path) -> None:
                     "search": {"range": [1e-4, 1e-2], "n_trials": 2}}, tmp_path / "s.yaml")
 
 
+def test_isoflop_families_take_the_smallest_budgets_warmup_so_additions_keep_keys(
+        tmp_path: Path) -> None:
+    """An adaptive round may add a width at one budget and a later round the same width at
+    a smaller one: the first run's key (its warm-up) must not change, or it trains again."""
+    from sweeps.adaptive import with_points
+    from sweeps.spec import expand, parse_spec
+
+    d_in, batch = 32, 256
+    budgets = [12 * d_in * batch * 64 * s for s in (100, 400)]  # F=64: 100 and 400 steps
+    spec = parse_spec({"name": "b", "cache": {"path": "c"}, "branching": True,
+                       "base": {"batch_size_tokens": batch},
+                       "isoflop": {"compute_flops": budgets, "n_features": [64, 256]}},
+                      tmp_path / "s.yaml")
+    design = expand(spec, d_in)
+    # a full family: the shortest member's warm-up, as before, 0.05 * 100 steps at F=64
+    assert {c.l1_warmup_steps for c in design if c.n_features == 64} == {5}
+    at_large = with_points(spec, d_in, [(128, 200)])  # F=128 at the larger budget only
+    both = with_points(at_large, d_in, [(128, 200), (128, 50)])  # then at the smaller one
+    key = {c.n_steps: c.run_key for c in expand(at_large, d_in) if c.n_features == 128}
+    key_after = {c.n_steps: c.run_key for c in expand(both, d_in) if c.n_features == 128}
+    assert key_after[200] == key[200] and set(key_after) == {50, 200}
+    assert {c.l1_warmup_steps for c in expand(both, d_in) if c.n_features == 128} == {2}
+    # the design's own runs keep their keys through the rounds
+    assert {c.run_key for c in design} <= {c.run_key for c in expand(both, d_in)}
+
+
 def _weights(out_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out_dir / "sae.safetensors"))
 
