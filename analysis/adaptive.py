@@ -159,8 +159,9 @@ def interval_widths(fits: dict[str, Any]) -> dict[str, float]:
 
 
 def stopped_shrinking(previous: dict[str, float] | None, now: dict[str, float], min_shrink: float) -> bool:
-    """True when no tracked interval narrowed by min_shrink (relative) since `previous`."""
-    if not previous:
+    """True when no tracked interval narrowed by min_shrink (relative) since `previous`.
+    False when either round has no intervals (its laws could not be fitted): untested."""
+    if not previous or not now:
         return False
     for name, width in now.items():
         before = previous.get(name, math.nan)

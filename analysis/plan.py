@@ -77,6 +77,11 @@ def plan_run(
             )
         n_features = round_features(float(f_opt), power_of_two)
     steps = float(law.steps_for_features(n_features)) if compute_flops is None else compute_flops / (k * n_features)
+    if not np.isfinite(steps):
+        raise UserError(
+            f"the fitted law has no compute-optimal steps for F={n_features} (alpha={law.alpha:.3g}, "
+            f"beta={law.beta:.3g}): add runs that train longer or wider, or give --compute"
+        )
     n_steps = max(1, int(round(steps)))
     compute = k * n_features * n_steps
     lr, lr_source = fits.get("lr_stage1"), "stage-1 lr"

@@ -38,11 +38,15 @@ def lr_sweep_spec(
     if not lr0:
         raise UserError("no stage-1 learning rate in the fits or the spec's base: cannot centre the LR grid")
     compute = [row["compute_flops"] for row in fits.get("isoflop") or fits.get("frontier", [])]
-    if len(compute) < 1:
-        raise UserError("fits hold no compute budgets: rerun `monoscale analyze`")
+    if len(set(compute)) < 2:
+        raise UserError(f"fits hold {len(set(compute))} compute budget(s): an LR law needs "
+                        "points at 2 or more; fit a stage 1 with several budgets")
     law, k = parametric_from_fits(fits), float(fits["flops_per_feature_step"])
     budgets = np.geomspace(min(compute), max(compute), n_budgets)
     f_opt, _ = law.optimal_allocation(budgets, k)
+    if not np.isfinite(f_opt).all():
+        raise UserError(f"the fitted law has no compute-optimal width (alpha={law.alpha:.3g}, "
+                        f"beta={law.beta:.3g}): add runs that train longer or wider")
     points = []
     for c, f in zip(budgets, f_opt, strict=True):
         n_features = max(1, int(round(f)))

@@ -111,11 +111,12 @@ def allocation(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
         if not iso.empty:
             ax.plot(iso["compute_flops"], iso[col], "ko", label="IsoFLOP minima")
         law = fits[key]
-        ax.plot(c, law["coefficient"] * c ** law["exponent"], "b-",
-                label=f"{law['source']}: {law['coefficient']:.3g} C^{law['exponent']:.3f}")
+        if law.get("coefficient") is not None and law.get("exponent") is not None:
+            ax.plot(c, law["coefficient"] * c ** law["exponent"], "b-",
+                    label=f"{law['source']}: {law['coefficient']:.3g} C^{law['exponent']:.3f}")
         _band(ax, c, fits, name, "b")
         point = pred[col]
-        if point.get("ci95"):
+        if point.get("value") is not None and point.get("ci95") and None not in point["ci95"]:
             ax.errorbar(pred["compute_flops"], point["value"], fmt="rs",
                         yerr=[[point["value"] - point["ci95"][0]], [point["ci95"][1] - point["value"]]],
                         label="parametric optimum at target (95% CI)")

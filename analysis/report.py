@@ -213,15 +213,20 @@ def format_summary(fits: dict[str, Any]) -> str:
         f"beta={p['beta']['value']:.4f} {_ci(p['beta']['ci95'])}",
     ]
     for key in ("features_opt", "steps_opt", "loss_vs_compute", "lr_opt"):
-        if fits.get(key) and fits[key].get("exponent") is not None:
+        if fits.get(key) and fits[key].get("exponent") is not None \
+                and fits[key].get("coefficient") is not None:
             law = fits[key]
             lines.append(f"{key}: {law['coefficient']:.4g} * C^{law['exponent']:.4f} "
                          f"(exponent 95% CI {_ci(law['exponent_ci95'])})")
     lines.append(
-        f"at C={pred['compute_flops']:.3g}: F_opt={pred['n_features_opt']['value']:.4g} "
-        f"steps_opt={pred['n_steps_opt']['value']:.4g} loss={pred['loss']['value']:.4g} "
+        f"at C={pred['compute_flops']:.3g}: F_opt={_num(pred['n_features_opt']['value'])} "
+        f"steps_opt={_num(pred['n_steps_opt']['value'])} loss={_num(pred['loss']['value'])} "
         f"(95% PI {_ci(pred['loss']['pi95'])})"
     )
+    if pred["n_features_opt"]["value"] is None:
+        lines.append(f"NO OPTIMUM: the fitted law has no compute-optimal width (alpha="
+                     f"{p['alpha']['value']:.3g}, beta={p['beta']['value']:.3g}): add runs "
+                     "that train longer or wider")
     lines += [f"EDGE: {flag}" for flag in fits["edge_flags"]]
     if fits.get("planned_run"):
         r = fits["planned_run"]
@@ -232,7 +237,14 @@ def format_summary(fits: dict[str, Any]) -> str:
 
 
 def _ci(interval_: list[float] | None) -> str:
-    return "n/a" if not interval_ else f"[{interval_[0]:.4g}, {interval_[1]:.4g}]"
+    if not interval_ or None in interval_:
+        return "n/a"
+    return f"[{interval_[0]:.4g}, {interval_[1]:.4g}]"
+
+
+def _num(value: float | None) -> str:
+    """A value of fits.json, where None stands for NaN (no such number)."""
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def to_json_safe(obj: Any) -> Any:

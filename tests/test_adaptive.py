@@ -117,6 +117,7 @@ def test_stops_when_intervals_stop_shrinking_or_rounds_run_out() -> None:
     widths = {"features_opt": 0.10, "steps_opt": 0.10}
     assert stopped_shrinking(widths, {"features_opt": 0.095, "steps_opt": 0.097}, 0.1)
     assert not stopped_shrinking(widths, {"features_opt": 0.08, "steps_opt": 0.099}, 0.1)
+    assert not stopped_shrinking(widths, {}, 0.1)  # no fits this round: untested, go on
     assert not stopped_shrinking(None, widths, 0.1)
     runs = isoflop_runs(TRUTH, [1e12], K, n_widths=3, span_dex=1.2, noise_rel=0.0)
     design, settings = Design((1e12,), tuple(runs["n_features"]), K), AdaptiveSettings(max_rounds=2)

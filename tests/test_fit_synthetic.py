@@ -143,3 +143,36 @@ def test_edge_flag_on_grid_cut_short(centre_dex: float, hint: str) -> None:
     fits = analyze(runs, batch_size_tokens=BATCH, d_in=D_IN, n_draws=0)
     assert len(fits["edge_flags"]) == len(BUDGETS)
     assert all(hint in flag for flag in fits["edge_flags"])
+
+
+def test_a_law_without_an_optimum_gives_clear_errors_not_tracebacks(fits: dict) -> None:
+    """alpha <= 0 (loss rising with F): no compute-optimal width, so fits.json holds None
+    for it; the summary, the plot, `plan` and `plan-lr` must say so, not crash."""
+    import copy
+
+    import matplotlib
+
+    from analysis.plan_lr import lr_sweep_spec
+    from analysis.plots import allocation
+    from analysis.report import format_summary
+    from sae_core.errors import UserError
+
+    matplotlib.use("Agg")
+    bad = copy.deepcopy(fits)
+    bad["parametric"]["alpha"]["value"] = -0.2
+    for key in ("n_features_opt", "n_steps_opt", "loss"):
+        bad["prediction"][key] = {"value": None, "ci95": [None, None], "pi95": [None, None]}
+    bad["features_opt"]["coefficient"] = None  # as when the allocation is the law's
+    summary = format_summary(bad)
+    assert "F_opt=n/a" in summary and "NO OPTIMUM" in summary
+    allocation(isoflop_runs(TRUTH, BUDGETS, K, seed=1), bad)
+    with pytest.raises(UserError, match="no compute-optimal steps for F=1024"):
+        plan_run(bad, n_features=1024)
+    with pytest.raises(UserError, match="no compute-optimal width"):
+        plan_run(bad, compute_flops=1e13)
+    with pytest.raises(UserError, match="no compute-optimal width"):
+        lr_sweep_spec(bad, 3, {"base": {"lr": 1e-3}})
+    one_budget = copy.deepcopy(fits)
+    one_budget["isoflop"] = one_budget["isoflop"][:1]
+    with pytest.raises(UserError, match="an LR law needs points at 2 or more"):
+        lr_sweep_spec(one_budget, 3, {"base": {"lr": 1e-3}})
