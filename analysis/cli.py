@@ -143,7 +143,7 @@ def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None) -> tuple[dic
     looked for among the runs, then in the sweep `<name>-plan` that `submit --plan` fills."""
     import pandas as pd
 
-    from analysis.plan import check_plan
+    from analysis.plan import check_plan, is_planned_run
 
     plan = _read_json(path, "plan")
     candidates = runs
@@ -159,8 +159,7 @@ def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None) -> tuple[dic
         raise UserError(f"no run with n_features={plan.get('n_features')} and n_steps="
                         f"{plan.get('n_steps')} among the runs: train the plan first "
                         "(monoscale submit SPEC --plan PLAN.json)")
-    same = (runs["n_features"] == plan["n_features"]) & (runs["n_steps"] == plan["n_steps"])
-    return report, runs[~same]
+    return report, runs[~is_planned_run(plan, runs)]
 
 
 def _fits_or_analyze(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:

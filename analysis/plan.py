@@ -111,13 +111,19 @@ def plan_run(
     return plan
 
 
+def is_planned_run(plan: dict[str, Any], runs: pd.DataFrame) -> pd.Series:
+    """Which runs are the planned one: its n_features and n_steps, and its lr when both
+    say (a replanned LR is another run)."""
+    same = (runs["n_features"] == plan["n_features"]) & (runs["n_steps"] == plan["n_steps"])
+    if plan.get("lr") is not None and "lr" in runs.columns:
+        same &= np.isclose(runs["lr"].astype(float), float(plan["lr"]), rtol=1e-6)
+    return same
+
+
 def check_plan(plan: dict[str, Any], runs: pd.DataFrame) -> dict[str, Any] | None:
     """Predicted against achieved for the planned run, if the runs table holds it
     (same n_features and n_steps); None otherwise. METHOD.md s2, stage 3."""
-    same = (runs["n_features"] == plan["n_features"]) & (runs["n_steps"] == plan["n_steps"])
-    if plan.get("lr") is not None and "lr" in runs.columns:  # a replanned LR is another run
-        same &= np.isclose(runs["lr"].astype(float), float(plan["lr"]), rtol=1e-6)
-    match = runs[same]
+    match = runs[is_planned_run(plan, runs)]
     if match.empty:
         return None
     achieved = float(match["loss"].iloc[-1])

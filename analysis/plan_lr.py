@@ -64,5 +64,8 @@ def lr_sweep_spec(
         spec["search"] = {"axis": "lr", "range": [float(f"{lrs[0]:.4g}"), float(f"{lrs[-1]:.4g}")],
                           "n_trials": int(search_trials)}
     else:
-        spec["grid"] = {"lr": [float(f"{lr:.4g}") for lr in lrs]}
+        # the centre stays exact: it is stage 1's lr, and its runs join stage 1's fit
+        # (analysis/laws.py matches lr to 1e-9)
+        spec["grid"] = {"lr": [float(lr0) if i * 2 + 1 == n_lrs else float(f"{lr:.4g}")
+                               for i, lr in enumerate(lrs)]}
     return spec

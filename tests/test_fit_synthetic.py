@@ -176,3 +176,13 @@ def test_a_law_without_an_optimum_gives_clear_errors_not_tracebacks(fits: dict) 
     one_budget["isoflop"] = one_budget["isoflop"][:1]
     with pytest.raises(UserError, match="an LR law needs points at 2 or more"):
         lr_sweep_spec(one_budget, 3, {"base": {"lr": 1e-3}})
+
+
+def test_the_lr_grid_keeps_stage_ones_lr_exact_at_its_centre(fits: dict) -> None:
+    """Stage 2's centre runs join stage 1's fit only if their lr equals stage 1's."""
+    from analysis.plan_lr import lr_sweep_spec
+
+    lr0 = 3.16227766e-4  # a median of stage-1 lrs: more digits than the grid's 4
+    lrs = lr_sweep_spec({**fits, "lr_stage1": lr0}, 3)["grid"]["lr"]
+    assert len(lrs) % 2 == 1 and lrs[len(lrs) // 2] == lr0
+    assert lrs[0] == float(f"{lrs[0]:.4g}")  # the others stay readable
