@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from safetensors.torch import load_file, save_file
 
+from sae_core.errors import UserError
 from sae_core.model import SAE
 
 _STATE = "trainer_state.pt"
@@ -24,6 +25,10 @@ _WEIGHTS = "sae.safetensors"
 class TrainerState(NamedTuple):
     step: int  # steps completed
     tokens_since_fired: torch.Tensor  # [F] int64
+
+
+class CheckpointMismatch(UserError):
+    """A checkpoint that another run wrote: resuming from it would train something else."""
 
 
 def exists(directory: Path) -> bool:
@@ -36,6 +41,7 @@ def save(
     optimizer: torch.optim.Optimizer,
     step: int,
     tokens_since_fired: torch.Tensor,
+    resume_key: str,
 ) -> None:
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
@@ -47,7 +53,7 @@ def save(
             "step": step,
             "optimizer": optimizer.state_dict(),
             "tokens_since_fired": tokens_since_fired.cpu(),
-            "torch_rng": torch.get_rng_state(),
+            "resume_key": resume_key,
         },
         tmp / _STATE,
     )
@@ -63,13 +69,18 @@ def load(
     directory: Path,
     sae: SAE,
     optimizer: torch.optim.Optimizer,
+    resume_key: str,
     map_location: torch.device | str = "cpu",
 ) -> TrainerState:
-    """Restore sae and optimizer in place; return the step and dead-feature counters."""
-    load_weights(Path(directory) / _WEIGHTS, sae)
+    """Restore sae and optimizer in place; return the step and dead-feature counters.
+    Raises CheckpointMismatch when the checkpoint is another run's (resume_key differs)."""
     state = torch.load(Path(directory) / _STATE, map_location=map_location, weights_only=True)
+    if state.get("resume_key", resume_key) != resume_key:  # older checkpoints have none
+        raise CheckpointMismatch(
+            f"{directory} holds a checkpoint of another run (resume key {state['resume_key']}, "
+            f"this run's {resume_key}): remove it, or train into another directory")
+    load_weights(Path(directory) / _WEIGHTS, sae)
     optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"].cpu())
     return TrainerState(int(state["step"]), state["tokens_since_fired"])
 
 

@@ -110,6 +110,14 @@ class RunConfig:
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    @property
+    def resume_key(self) -> str:
+        """What a checkpoint must share with a run to resume it: the run key without
+        n_steps, so that a branch resumes from its trunk's fork (sae_core/branching.py)."""
+        payload = {k: v for k, v in self.to_dict().items()
+                   if k not in _EXECUTION_FIELDS and k != "n_steps"}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
     # ---- JSON round trip -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -83,7 +83,7 @@ def train(
     tokens_since_fired = torch.zeros(cfg.n_features, dtype=torch.int64, device=device)
     start_step = 0
     if checkpoint_dir is not None and checkpoint.exists(checkpoint_dir):
-        state = checkpoint.load(checkpoint_dir, sae, optimizer, map_location=device)
+        state = checkpoint.load(checkpoint_dir, sae, optimizer, cfg.resume_key, map_location=device)
         start_step = state.step
         tokens_since_fired = state.tokens_since_fired.to(device)
 
@@ -135,7 +135,7 @@ def train(
         timely = not cfg.checkpoint_every_steps and time.perf_counter() - last_checkpoint_t > checkpoint_every_s
         fork = done in fork_steps
         if due or timely or fork:  # one save serves both a periodic checkpoint and a fork
-            checkpoint.save(checkpoint_dir, sae, optimizer, done, tokens_since_fired)
+            checkpoint.save(checkpoint_dir, sae, optimizer, done, tokens_since_fired, cfg.resume_key)
         if due or timely:
             last_checkpoint_t = time.perf_counter()
             if on_checkpoint is not None:

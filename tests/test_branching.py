@@ -109,16 +109,23 @@ def test_forked_branch_reproduces_an_independent_run(tmp_path: Path,
         assert step == branch.fork_step
         shutil.copytree(path, tmp_path / "branch" / "checkpoint")
 
-    run_from_cache(trunk, tmp_path / "trunk", fork_steps={branch.fork_step}, on_fork=fork)
-    forked = run_from_cache(branch.cfg, tmp_path / "branch")
+    trunk_metrics = run_from_cache(trunk, tmp_path / "trunk", fork_steps={branch.fork_step},
+                                   on_fork=fork)
+    logged_steps: list[int] = []
+
+    class Steps:
+        def log(self, metrics: dict[str, float], step: int) -> None:
+            logged_steps.append(step)
+
+    forked = run_from_cache(branch.cfg, tmp_path / "branch", logger=Steps())
+    assert min(logged_steps) > branch.fork_step  # it resumed from the fork, not from 0
     independent = run_from_cache(branch.cfg, tmp_path / "independent")
     assert forked["loss"] == pytest.approx(independent["loss"], rel=1e-6)
     got, want = _weights(tmp_path / "branch"), _weights(tmp_path / "independent")
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7)
     # the trunk itself ran on past the fork to its own, lower, loss
-    trunk_loss = run_from_cache(trunk, tmp_path / "trunk")["loss"]  # finished: no retraining
-    assert trunk_loss < forked["loss"]
+    assert trunk_metrics["loss"] < forked["loss"]
 
 
 def test_branched_and_paper_schedules_agree_within_seed_noise(tmp_path: Path,

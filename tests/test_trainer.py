@@ -76,11 +76,14 @@ def test_checkpoint_round_trips(tmp_path: Path) -> None:
     sae.W_enc.grad = torch.ones_like(sae.W_enc)
     opt.step()
     counters = torch.arange(16)
-    checkpoint.save(tmp_path / "ckpt", sae, opt, 7, counters)
+    checkpoint.save(tmp_path / "ckpt", sae, opt, 7, counters, resume_key="run-a")
 
     other = SAE.init(8, 16, 0.1, torch.Generator().manual_seed(1))
     other_opt = torch.optim.Adam(other.parameters(), lr=1e-3)
-    state = checkpoint.load(tmp_path / "ckpt", other, other_opt)
+    with pytest.raises(checkpoint.CheckpointMismatch, match="another run"):
+        checkpoint.load(tmp_path / "ckpt", other, other_opt, resume_key="run-b")
+    assert not torch.equal(other.W_enc, sae.W_enc)  # a refused checkpoint changes nothing
+    state = checkpoint.load(tmp_path / "ckpt", other, other_opt, resume_key="run-a")
     assert state.step == 7 and torch.equal(state.tokens_since_fired, counters)
     for a, b in zip(sae.parameters(), other.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -120,8 +123,20 @@ def test_run_killed_with_sigkill_resumes_to_the_same_result(
     resumed_from = torch.load(killed / "checkpoint" / "trainer_state.pt")["step"]
     assert 0 < resumed_from < cfg.n_steps
 
-    resumed = run_from_cache(cfg, killed)
+    with pytest.raises(checkpoint.CheckpointMismatch):  # another lr: not this checkpoint's run
+        run_from_cache(cfg.replace(lr=cfg.lr * 2), killed)
+
+    class FirstStep:
+        first: int | None = None
+
+        def log(self, metrics: dict[str, float], step: int) -> None:
+            self.first = step if self.first is None else self.first
+
+    logger = FirstStep()
+    resumed = run_from_cache(cfg, killed, logger=logger)
+    assert logger.first == resumed_from + 1  # it went on from the checkpoint, not from 0
     assert resumed["loss"] == pytest.approx(reference["loss"], rel=1e-6)
+    assert resumed["dead_fraction"] == reference["dead_fraction"]
     a = load_file(str(tmp_path / "straight" / "sae.safetensors"))
     b = load_file(str(killed / "sae.safetensors"))
     for name in a:
