@@ -216,10 +216,11 @@ def build_model_cache(out_dir: str | Path, model: str = "minilm", layer: int | N
     the generation throughput (activation_tokens_per_s: tokenizer and model, not loading).
     """
     _check_sizes(n_tokens, context_tokens, batch_contexts)  # before any weights are loaded
+    corpus_description = corpora.describe(corpus)  # a bad corpus is named before the model
     n_layers = n_model_layers(model)
     layer = check_layer(layer, n_layers, model)
     request = {"kind": "model", "model": model, "layer": layer, "n_layers": n_layers,
-               "corpus": corpora.describe(corpus), "context_tokens": context_tokens,
+               "corpus": corpus_description, "context_tokens": context_tokens,
                "batch_contexts": batch_contexts}
 
     def produce(writer: CacheWriter) -> dict[str, Any]:

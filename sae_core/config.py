@@ -60,10 +60,18 @@ class RunConfig:
     num_threads: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("d_in", "n_features", "n_steps", "batch_size_tokens", "eval_n_tokens"):
+        for name in ("d_in", "n_features", "n_steps", "batch_size_tokens", "eval_n_tokens",
+                     "dead_window_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("seed", "eval_every_steps", "checkpoint_every_steps", "num_threads",
+                     "l1_warmup_steps"):
+            value = getattr(self, name)
+            if value is None and name == "l1_warmup_steps":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         for name in ("lr", "grad_clip_norm", "init_decoder_norm"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:

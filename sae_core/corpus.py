@@ -34,8 +34,11 @@ def describe(corpus: str) -> dict[str, Any]:
         return {"name": "stdlib", "python_version": platform.python_version(),
                 "order_seed": _STDLIB_ORDER_SEED}
     files = _local_files(corpus)
-    if files is not None:
-        return {"name": corpus, "kind": "files", "n_files": len(files)}
+    if files is not None:  # edited texts (same count) must not reuse the old cache
+        stats = [f.stat() for f in files]
+        return {"name": corpus, "kind": "files", "n_files": len(files),
+                "n_bytes": sum(s.st_size for s in stats),
+                "latest_mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
     return {"name": corpus, "kind": "huggingface_dataset"}
 
 

@@ -131,3 +131,11 @@ def test_smollm2_gguf_gives_576_dim_activations() -> None:
                                   context_tokens=64, batch_contexts=4)
     assert (stats["d_in"], stats["layer"]) == (576, 15)
     assert stats["n_tokens_generated"] >= 300
+
+
+def test_a_local_corpus_fingerprint_follows_its_texts(tmp_path: Path) -> None:
+    """The cache is reused when the fingerprint matches: edited texts must change it."""
+    (tmp_path / "a.txt").write_text("one")
+    before = corpus.describe(str(tmp_path))
+    (tmp_path / "a.txt").write_text("one two")  # as many files, other text
+    assert corpus.describe(str(tmp_path)) != before

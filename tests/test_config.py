@@ -34,6 +34,11 @@ def test_compute_is_six_times_two_d_f_tokens() -> None:
         ({"l1_coefficient": -1.0}, "l1_coefficient"),
         ({"lr_decay_frac": 1.5}, "lr_decay_frac"),
         ({"autocast": "fp8"}, "autocast"),
+        ({"seed": -1}, "seed"),
+        ({"l1_warmup_steps": "1e2"}, "l1_warmup_steps"),
+        ({"dead_window_tokens": 0}, "dead_window_tokens"),
+        ({"eval_every_steps": 2.5}, "eval_every_steps"),
+        ({"checkpoint_every_steps": -1}, "checkpoint_every_steps"),
     ],
 )
 def test_bad_values_name_the_field(change: dict, field: str) -> None:
