@@ -86,6 +86,11 @@ class ActivationCache:
         shards = {}
         for split in ("train", "eval"):
             shards[split] = [_open_shard(path, s, meta, verify) for s in meta[f"{split}_shards"]]
+        for extra in meta.get("extra_files", []):  # a synthetic cache's true_dictionary.npy
+            file = path / extra["file"]
+            if not file.exists() or (verify == "full" and sha256_file(file) != extra["sha256"]):
+                raise CacheError(f"{file} is missing or fails its sha256 checksum: the cache "
+                                 "is corrupt, rebuild it")
         return cls(path, meta, shards["train"], shards["eval"])
 
     def train_batches(self, batch_size_tokens: int, seed: int, start_step: int = 0,
@@ -135,17 +140,23 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CacheError(f"{path} is not a finished activation cache (no meta.json)")
     try:
         meta = json.loads(meta_file.read_text())
-        keys = ("d_in", "dtype", "norm_scale", "n_train_tokens", "n_eval_tokens",
-                "train_shards", "eval_shards")
-        missing = [k for k in keys if k not in meta]
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CacheError(f"{meta_file} is corrupt: {err}") from None
-    if meta.get("format") != FORMAT or missing:
+    keys = ("d_in", "dtype", "norm_scale", "n_train_tokens", "n_eval_tokens",
+            "train_shards", "eval_shards")
+    missing = [k for k in keys if k not in meta] if isinstance(meta, dict) else list(keys)
+    if missing or meta.get("format") != FORMAT:
         raise CacheError(f"{meta_file} is not a {FORMAT} meta file (missing {missing})")
     if meta["dtype"] not in STORAGE_DTYPES:
         raise CacheError(f"{meta_file}: unknown dtype {meta['dtype']!r}")
+    shard_keys = ("file", "n_tokens", "sha256")
     for split in ("train", "eval"):
-        if sum(s["n_tokens"] for s in meta[f"{split}_shards"]) != meta[f"n_{split}_tokens"]:
+        shards = meta[f"{split}_shards"]
+        if not isinstance(shards, list) or not all(
+                isinstance(s, dict) and all(k in s for k in shard_keys) for s in shards):
+            raise CacheError(f"{meta_file}: {split}_shards must list shards with "
+                             f"{', '.join(shard_keys)}")
+        if sum(s["n_tokens"] for s in shards) != meta[f"n_{split}_tokens"]:
             raise CacheError(f"{meta_file}: {split} shards do not add up to n_{split}_tokens")
     return meta
 

@@ -137,6 +137,17 @@ def test_flipped_byte_fails_the_full_check_naming_the_shard(synthetic_cache: Pat
         ActivationCache.open(path, verify="full")
 
 
+def test_the_full_check_covers_the_planted_dictionary(synthetic_cache: Path,
+                                                      tmp_path: Path) -> None:
+    path = corrupt_copy(synthetic_cache, tmp_path / "c")
+    truth = path / "true_dictionary.npy"
+    data = bytearray(truth.read_bytes())
+    data[-1] ^= 0xFF
+    truth.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="true_dictionary.npy.*checksum"):
+        ActivationCache.open(path, verify="full")
+
+
 def test_truncated_missing_and_unfinished_caches(synthetic_cache: Path, tmp_path: Path) -> None:
     path = corrupt_copy(synthetic_cache, tmp_path / "c")
     shard = path / "eval-00000.npy"
@@ -148,6 +159,9 @@ def test_truncated_missing_and_unfinished_caches(synthetic_cache: Path, tmp_path
         ActivationCache.open(path)
     (path / "meta.json").write_text("{not json")
     with pytest.raises(CacheError, match="meta.json is corrupt"):
+        ActivationCache.open(path)
+    (path / "meta.json").write_text("[1, 2]")
+    with pytest.raises(CacheError, match="is not a .* meta file"):
         ActivationCache.open(path)
     (path / "meta.json").unlink()
     with pytest.raises(CacheError, match="no meta.json"):
