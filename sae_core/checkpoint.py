@@ -32,6 +32,17 @@ class CheckpointMismatch(UserError):
 
 
 def exists(directory: Path) -> bool:
+    """A complete checkpoint at `directory`; one that a kill mid-save left as `.old`
+    (between its two renames) is put back first."""
+    directory = Path(directory)
+    old = directory.with_name(directory.name + ".old")
+    if not _complete(directory) and _complete(old):
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(old, directory)
+    return _complete(directory)
+
+
+def _complete(directory: Path) -> bool:
     return (directory / _STATE).is_file() and (directory / _WEIGHTS).is_file()
 
 

@@ -22,6 +22,10 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"device {name!r} is not a torch device: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} asked for, but torch sees "
+                        f"{torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -31,6 +35,8 @@ def autocast_dtype(policy: str, device: torch.device) -> torch.dtype | None:
         return None
     if policy == "bf16":
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
+    if device.type == "cuda":
+        with torch.cuda.device(device):  # the chosen GPU, not the current one
+            if torch.cuda.is_bf16_supported():
+                return torch.bfloat16
     return None

@@ -102,9 +102,11 @@ def train(
         stats = compute_gradients(sae, x, l1, mm_dtype)
         loss = stats.loss.item()
         if not math.isfinite(loss):
+            saved = checkpoint_dir is not None and checkpoint.exists(checkpoint_dir)
             raise DivergedError(
                 f"loss became {loss} at step {step} (lr={lr:.3g}, λ={l1:.3g}); "
-                f"last good checkpoint kept in {checkpoint_dir}"
+                + (f"last good checkpoint kept in {checkpoint_dir}" if saved
+                   else "no checkpoint was saved before it")
             )
         torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
         optimizer.step()

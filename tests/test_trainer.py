@@ -70,6 +70,17 @@ def test_schedules_have_the_papers_shape() -> None:
     assert lr[999] == pytest.approx(1 / 200)  # ...reaching 0 at step n_steps
 
 
+def test_a_kill_between_the_checkpoints_two_renames_keeps_the_previous_one(
+        tmp_path: Path) -> None:
+    sae = SAE.init(8, 16, 0.1, torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    directory = tmp_path / "ckpt"
+    checkpoint.save(directory, sae, opt, 7, torch.zeros(16, dtype=torch.int64), "k")
+    os.replace(directory, tmp_path / "ckpt.old")  # save() moved it aside, then was killed
+    assert checkpoint.exists(directory)
+    assert checkpoint.load(directory, sae, opt, "k").step == 7
+
+
 def test_checkpoint_round_trips(tmp_path: Path) -> None:
     sae = SAE.init(8, 16, 0.1, torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
@@ -148,15 +159,19 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 ) -> None:
     cfg = _cfg(planted_cache, n_steps=100, checkpoint_every_steps=10)
 
-    def poisoned(start_step: int):
-        good = planted_cache.train_batches(cfg.batch_size_tokens, cfg.seed, start_step)
-        for step in range(start_step, cfg.n_steps):
-            batch = next(good)
-            yield batch * float("nan") if step == 45 else batch
+    def poisoned_at(bad_step: int):
+        def batches(start_step: int):
+            good = planted_cache.train_batches(cfg.batch_size_tokens, cfg.seed, start_step)
+            for step in range(start_step, cfg.n_steps):
+                batch = next(good)
+                yield batch * float("nan") if step == bad_step else batch
+        return batches
 
     eval_x = planted_cache.eval_tokens(1024)
-    with pytest.raises(DivergedError, match="step 45"):
-        train(cfg, poisoned, eval_x, checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(DivergedError, match="step 5.*no checkpoint was saved"):
+        train(cfg, poisoned_at(5), eval_x, checkpoint_dir=tmp_path / "early")
+    with pytest.raises(DivergedError, match="step 45.*last good checkpoint kept in"):
+        train(cfg, poisoned_at(45), eval_x, checkpoint_dir=tmp_path / "ckpt")
     state = torch.load(tmp_path / "ckpt" / "trainer_state.pt")
     assert state["step"] == 40
     weights = load_file(str(tmp_path / "ckpt" / "sae.safetensors"))

@@ -1,7 +1,8 @@
-"""What a trial takes from the resources Ray gave it: torch threads and a GPU share's memory cap.
+"""What a trial takes from the resources Ray gave it: torch threads, a GPU share's memory
+cap, and which GPU it may ask for.
 
-The cap's CUDA call cannot run on CI's CPU machine; torch.cuda is replaced by a recorder
-so that the decision (which trials cap, at what fraction) is checked here.
+CUDA cannot run on CI's CPU machine; torch.cuda is replaced by recorders so that the
+decisions (which trials cap, at what fraction; which ordinals exist) are checked here.
 """
 
 from __future__ import annotations
@@ -45,3 +46,14 @@ def test_a_gpu_share_caps_the_trials_gpu_memory(monkeypatch: pytest.MonkeyPatch,
                         lambda fraction, device=None: calls.append(fraction))
     with_trial_resources(config(1), context(1, gpus))
     assert calls == ([] if capped_at is None else [capped_at])
+
+
+def test_a_cuda_ordinal_beyond_the_gpus_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sae_core.device import resolve_device
+    from sae_core.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="'cuda:7' asked for, but torch sees 1 CUDA device"):
+        resolve_device("cuda:7")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
