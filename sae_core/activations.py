@@ -80,6 +80,9 @@ def load_model(model: str, device: str = "cpu") -> tuple[Any, Any]:
         raise UserError(f"cannot load model {model!r}: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token is None:  # decoder LMs often have none; padding is dropped anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    # Padding after the text: each context's first position is then its first token (the
+    # attention sink that _contexts drops), whatever side the model's tokenizer pads.
+    tokenizer.padding_side = "right"
     net.config.use_cache = False
     return net.eval().to(resolve_device(device)), tokenizer
 
@@ -124,7 +127,7 @@ def check_layer(layer: int | None, n_layers: int, model: str) -> int:
 class ResidualReader:
     """Callable: token ids [B, T] and attention mask [B, T] -> residual stream [B, T, d]."""
 
-    def __init__(self, net: Any, layer: int | None = None, truncate: bool = True) -> None:
+    def __init__(self, net: Any, layer: int | None = None) -> None:
         n_layers = net.config.num_hidden_layers
         self.layer = check_layer(layer, n_layers, type(net).__name__)
         self.net, self.n_layers = net, n_layers
@@ -133,8 +136,8 @@ class ResidualReader:
         # The block's own output: equal to hidden_states[layer], also where decoders apply
         # a final norm to the last entry of hidden_states.
         blocks[self.layer - 1].register_forward_hook(self._capture)
-        if truncate:
-            setattr(parent, attr, nn.ModuleList(blocks[: self.layer]))
+        # The blocks past the layer are dropped: the same activations, fewer FLOPs.
+        setattr(parent, attr, nn.ModuleList(blocks[: self.layer]))
 
     def _capture(self, module: nn.Module, inputs: Any, output: Any) -> None:
         self._captured.append(output[0] if isinstance(output, tuple) else output)

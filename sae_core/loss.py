@@ -1,4 +1,5 @@
-"""The loss of "Scaling Monosemanticity" and the metrics reported with it, as pure functions.
+"""The loss of "Scaling Monosemanticity", as pure functions (the held-out metrics:
+sae_core/evaluate.py).
 
 Shapes: x, x_hat [B, d]; f (feature activations) [B, F]; W_dec [F, d].
 All inputs are in the normalised space (E||x||^2 = d).
@@ -31,13 +32,3 @@ def sae_loss(
     return mse(x, x_hat) + l1 * l1_penalty(f, W_dec)
 
 
-def l0(f: torch.Tensor) -> torch.Tensor:
-    """Mean number of active features per token. -> []"""
-    return (f > 0).float().sum(-1).mean()
-
-
-def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """1 - Σ||x - x̂||² / Σ||x - mean(x)||², over the whole batch. -> []"""
-    residual = (x - x_hat).pow(2).sum()
-    total = (x - x.mean(0)).pow(2).sum()
-    return 1.0 - residual / total

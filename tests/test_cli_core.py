@@ -117,7 +117,6 @@ def test_train_refuses_a_corrupt_cache(synthetic_cache: Path, tmp_path: Path, ca
 
 def test_train_prints_final_metrics_as_one_json_line(synthetic_cache: Path, tmp_path: Path,
                                                       run_yaml, capsys) -> None:
-    pytest.importorskip("sae_core.run")
     config = run_yaml("cache_dir: {cache}\nn_features: 128\nn_steps: 40\nlr: 1e-3\n")
     out = tmp_path / "run"
     # Flags override the YAML: 64 features, batches of 512.
