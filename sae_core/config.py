@@ -114,16 +114,16 @@ class RunConfig:
     @property
     def run_key(self) -> str:
         """Stable id of the grid point: a hash of what the run computes."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in _EXECUTION_FIELDS}
-        blob = json.dumps(payload, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return self._digest(_EXECUTION_FIELDS)
 
     @property
     def resume_key(self) -> str:
         """What a checkpoint must share with a run to resume it: the run key without
         n_steps, so that a branch resumes from its trunk's fork (sae_core/branching.py)."""
-        payload = {k: v for k, v in self.to_dict().items()
-                   if k not in _EXECUTION_FIELDS and k != "n_steps"}
+        return self._digest(_EXECUTION_FIELDS | {"n_steps"})
+
+    def _digest(self, left_out: frozenset[str]) -> str:
+        payload = {k: v for k, v in self.to_dict().items() if k not in left_out}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---- JSON round trip -----------------------------------------------------------
