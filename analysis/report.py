@@ -145,8 +145,7 @@ def _analyze(
 
     # Bootstrap: resample within budgets (stage 1) and within LR points (stage 2).
     both = pd.concat([stage1.assign(_lr=False), lr_runs.assign(_lr=True)], ignore_index=True)
-    stratum = assign_budgets(both["compute_flops"], tol_dex, budgets)
-    stratum = np.where(both["_lr"], -both["compute_flops"], stratum)
+    stratum = bootstrap_strata(stage1["compute_flops"], lr_runs["compute_flops"], tol_dex, budgets)
     warm = laws.parametric.as_vector()
 
     def derive(draw: pd.DataFrame) -> dict[str, float]:
@@ -202,6 +201,15 @@ def _analyze(
         fits["lr_optima"] = laws.lr_optima.to_dict("records")
         fits["prediction"]["lr_opt"] = _value(point["target_lr"], draws.get("target_lr"))
     return to_json_safe(fits)
+
+
+def bootstrap_strata(stage1_flops: pd.Series, lr_flops: pd.Series, tol_dex: float,
+                     budgets: list[float] | None) -> np.ndarray:
+    """The stratum of each run, stage 1's then the LR runs': stage-1 runs by budget, grouped
+    among themselves as the IsoFLOP fit groups them (an LR run's compute must not move a
+    budget's window), and each LR point its own stratum (negative, apart from budgets)."""
+    return np.concatenate([assign_budgets(stage1_flops, tol_dex, budgets),
+                           -np.asarray(lr_flops, dtype=float)])
 
 
 def format_summary(fits: dict[str, Any]) -> str:
