@@ -127,8 +127,9 @@ def _search(spec: SweepSpec, points: list[RunConfig], target: tracking.TrackingT
     from sweeps.tune_runner import run_search
 
     assert spec.search is not None
+    earlier = tracking.child_runs(target)  # the points' trials are disjoint: one read serves all
     for point in points:
-        done = search_trials_done(tracking.child_runs(target), point.run_key)
+        done = search_trials_done(earlier, point.run_key)
         left = spec.search.n_trials - len(done)
         print(f"[{spec.name}] F={point.n_features} steps={point.n_steps}: {len(done)} lr "
               f"trials finished, {max(0, left)} to run", flush=True)

@@ -35,7 +35,7 @@ from analysis.adaptive import AdaptiveSettings
 from sae_core.branching import with_shared_warmup
 from sae_core.config import RunConfig
 from sweeps.adaptive_spec import parse_adaptive
-from sweeps.spec_sizes import SIZE_AXES, IsoflopSpec, parse_sizes, size_pairs
+from sweeps.spec_sizes import SIZE_AXES, IsoflopSpec, isoflop_steps, parse_sizes, size_pairs
 from sweeps.spec_values import (
     SpecError,
     check_keys,
@@ -241,7 +241,7 @@ def _design_warmup(cfg: RunConfig, spec: SweepSpec) -> RunConfig:
                                         else None)
     if floor is None or cfg.l1_warmup_steps is not None:  # no design, or the user chose
         return cfg
-    shortest = max(1, round(floor / (12 * cfg.d_in * cfg.n_features * cfg.batch_size_tokens)))
+    shortest = max(1, isoflop_steps(floor, cfg.d_in, cfg.n_features, cfg.batch_size_tokens))
     return cfg.replace(l1_warmup_steps=min(cfg.warmup_steps,
                                            round(cfg.l1_warmup_frac * shortest)))
 

@@ -57,6 +57,11 @@ def parse_sizes(data: Mapping[str, Any], axes: dict[str, tuple[Any, ...]]
     return tuple(itertools.product(axes["n_features"], axes["n_steps"])), None
 
 
+def isoflop_steps(budget: float, d_in: int, n_features: int, batch_size_tokens: int) -> int:
+    """The steps that spend `budget` at width F: C / (12 d F batch), rounded (METHOD.md s2)."""
+    return round(budget / (12 * d_in * n_features * batch_size_tokens))
+
+
 def size_pairs(spec: SweepSpec, d_in: int) -> list[tuple[int, int]]:
     """The (F, steps) pairs; IsoFLOP: steps = C / (12 d F batch) rounded (METHOD.md s2)."""
     if spec.sizes is not None:
@@ -65,7 +70,7 @@ def size_pairs(spec: SweepSpec, d_in: int) -> list[tuple[int, int]]:
     pairs = []
     for budget in spec.isoflop.compute_flops:
         for n_features in spec.isoflop.n_features:
-            n_steps = round(budget / (12 * d_in * n_features * spec.batch_size_tokens))
+            n_steps = isoflop_steps(budget, d_in, n_features, spec.batch_size_tokens)
             if n_steps < 1:
                 raise SpecError(f"isoflop: budget {budget:.3g} FLOPs at n_features="
                                 f"{n_features} (d_in={d_in}) gives under one step")
