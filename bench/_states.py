@@ -1,7 +1,7 @@
 """SAE states to time the training step on: one at the start of training, one sparse.
 
-The step's cost depends on how many features fire (sae_core/step.py switches to a sparse
-path), so the benchmark times it at a realistic L0, stated in its output, and at the start
+The step's cost depends on how many features fire (sae_core/archs/relu.py switches to a
+sparse path), so the benchmark times it at a realistic L0, stated in its output, and at the start
 of training, where half of the features fire.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from sae_core.archs import StepContext
+from sae_core.archs.relu import ReLU
 from sae_core.model import SAE
 
 # Feature frequencies of trained SAEs are heavy-tailed; the planted-dictionary source uses
@@ -18,13 +20,15 @@ ZIPF_EXPONENT = 0.5
 
 def normalised_batch(batch_size_tokens: int, d_in: int, generator: torch.Generator
                      ) -> torch.Tensor:
-    """Gaussian tokens [B, d] with E‖x‖² = d, the normalisation of METHOD.md section 1."""
+    """Gaussian tokens [B, d] with E‖x‖² = d, the normalisation of docs/METHOD.md section 1."""
     return torch.randn(batch_size_tokens, d_in, generator=generator)
 
 
-def initial_sae(d_in: int, n_features: int, generator: torch.Generator) -> SAE:
-    """Step 0 of training: the paper's init, both biases 0; L0 ≈ F/2."""
-    return SAE.init(d_in, n_features, decoder_norm=0.1, generator=generator)
+def initial_sae(d_in: int, n_features: int, generator: torch.Generator,
+                l1_coefficient: float = 5.0) -> SAE:
+    """Step 0 of training: the paper's init, both biases 0; L0 ≈ F/2. Its step runs at
+    the full λ (no warm-up)."""
+    return ReLU(l1_coefficient, 0, 0.1).init(d_in, n_features, generator)
 
 
 @torch.no_grad()
@@ -47,3 +51,9 @@ def sparse_sae(d_in: int, n_features: int, target_l0: float, generator: torch.Ge
     threshold = sorted_pre.gather(0, rank.unsqueeze(0)).squeeze(0)
     sae.b_enc.copy_(-threshold)
     return sae
+
+
+def gradients(sae: SAE, x: torch.Tensor, mm_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One gradient computation as the trainer runs it (sae_core/trainer.py); the loss."""
+    dead = torch.zeros(sae.n_features, dtype=torch.bool, device=x.device)
+    return sae.arch.gradients(sae, x, StepContext(1 << 30, dead, mm_dtype)).loss

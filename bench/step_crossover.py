@@ -2,7 +2,7 @@
 
     python bench/step_crossover.py [--shapes 384x4096 768x16384] [--l0 16 64 ...] [--reps 3]
 
-For each shape and target L0, times compute_gradients with path="dense" and path="sparse"
+For each shape and target L0, times the ReLU step with path="dense" and path="sparse"
 on the same state and batch, interleaved, and prints one JSON line: per point the
 measured density (active fraction of f) and the median seconds of each path.
 """
@@ -16,9 +16,9 @@ import sys
 import time
 
 import torch
-from _states import normalised_batch, sparse_sae
+from _states import gradients, normalised_batch, sparse_sae
 
-from sae_core.step import compute_gradients
+from sae_core.archs.relu import ReLU
 
 
 def main() -> None:
@@ -44,8 +44,9 @@ def main() -> None:
             times: dict[str, list[float]] = {"dense": [], "sparse": []}
             for rep in range(args.reps + 1):  # rep 0 warms up
                 for path, seconds in times.items():
+                    sae.arch = ReLU(5.0, 0, 0.1, path)
                     started = time.perf_counter()
-                    compute_gradients(sae, x, 5.0, path=path)
+                    gradients(sae, x)
                     if rep:
                         seconds.append(time.perf_counter() - started)
             point = {"d_in": d_in, "n_features": n_features,

@@ -108,15 +108,16 @@ def load_weights(path: Path, sae: SAE) -> None:
             p.copy_(tensors[name])
 
 
-def sae_lens_cfg(run_cfg: dict[str, Any], norm_scale: float, source: dict[str, Any]) -> dict:
-    """cfg.json: our RunConfig plus the fields SAELens's StandardSAE config reads.
+def sae_lens_cfg(run_cfg: dict[str, Any], architecture: str, norm_scale: float,
+                 source: dict[str, Any]) -> dict:
+    """cfg.json: our RunConfig plus the fields SAELens's config of `architecture` reads.
 
     Our weights live in the normalised space: multiply activations by `norm_scale`
     before encoding (and divide reconstructions by it).
     """
     return {
         **run_cfg,
-        "architecture": "standard",
+        "architecture": architecture,
         "d_in": run_cfg["d_in"],
         "d_sae": run_cfg["n_features"],
         "dtype": "float32",

@@ -1,7 +1,7 @@
 """RunConfig: everything one SAE training run receives, and nothing else.
 
 Defaults are the April-2024 recipe that "Scaling Monosemanticity" trains with
-(../shared/METHOD.md section 1); values marked (lib) come from the public replications
+(docs/METHOD.md section 1); values marked (lib) come from the public replications
 where the paper gives none. Derived values are properties, never stored.
 """
 
@@ -11,9 +11,10 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
+from sae_core import archs
+from sae_core.compute import compute_flops, flops_per_feature_step
 from sae_core.errors import UserError
 
 # Fields that say *where* or *how fast* a run executes, not *what* it computes: they
@@ -21,6 +22,9 @@ from sae_core.errors import UserError
 _EXECUTION_FIELDS = frozenset(
     {"device", "autocast", "num_threads", "checkpoint_every_steps", "eval_every_steps", "cache_dir"}
 )
+# Fields added after run keys were first issued, with the value every earlier run had:
+# left out of the key at that value, so a re-submit finds the runs an older monoscale made.
+_KEY_DEFAULTS: dict[str, Any] = {"arch": "relu"}
 
 
 class ConfigError(UserError, ValueError):
@@ -33,6 +37,7 @@ class RunConfig:
     d_in: int  # residual width; must match the cache's meta.json
     n_features: int
     n_steps: int
+    arch: str = "relu"  # sae_core/archs/: relu
     lr: float = 5e-5  # (lib) small-scale value; swept in stage 2
     batch_size_tokens: int = 4096  # (lib)
     l1_coefficient: float = 5.0  # the paper's λ
@@ -45,8 +50,8 @@ class RunConfig:
     seed: int = 0
     dead_window_tokens: int = 10_000_000  # "not active over a sample of 10^7 tokens"
     eval_n_tokens: int = 65_536  # held-out tokens for the final metrics
-    # Branched step schedules (issue 5): the runs of one family share the λ warm-up of
-    # its shortest member, given here in steps. None: l1_warmup_frac * n_steps.
+    # Branched step schedules (sae_core/branching.py): the runs of one family share the λ
+    # warm-up of its shortest member, given here in steps. None: l1_warmup_frac * n_steps.
     l1_warmup_steps: int | None = None
     # Execution only (not in the run key):
     eval_every_steps: int = 0  # 0: ten evaluations per run
@@ -56,7 +61,7 @@ class RunConfig:
     # CPU threads for torch; 0 leaves torch's default. A Ray trial sets it to its CPU
     # share: on 2 busy cores (load ~7) a d=32, F=128 gradient took 6-12 ms with 2 threads
     # against 1.2-1.4 ms with one, and a 2,000-step run 130 s against 6.8 s (OpenMP
-    # spin-waits; measured here).
+    # spin-waits; docs/METHOD.md section 5).
     num_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -85,6 +90,8 @@ class RunConfig:
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
+        if self.arch not in archs.NAMES:
+            raise ConfigError(f"arch must be one of {', '.join(archs.NAMES)}, got {self.arch!r}")
         if self.autocast not in ("auto", "bf16", "off"):
             raise ConfigError(f"autocast must be auto, bf16 or off, got {self.autocast!r}")
 
@@ -108,8 +115,9 @@ class RunConfig:
 
     @property
     def compute_flops(self) -> float:
-        """C = 6 * (2 d F) * T: forward 4dF + backward 8dF per token (METHOD.md s2)."""
-        return 6.0 * (2.0 * self.d_in * self.n_features) * self.n_tokens
+        """C = 6 * (2 d F) * T (sae_core/compute.py)."""
+        return compute_flops(self.n_features, self.n_steps,
+                             flops_per_feature_step(self.d_in, self.batch_size_tokens))
 
     @property
     def run_key(self) -> str:
@@ -123,7 +131,8 @@ class RunConfig:
         return self._digest(_EXECUTION_FIELDS | {"n_steps"})
 
     def _digest(self, left_out: frozenset[str]) -> str:
-        payload = {k: v for k, v in self.to_dict().items() if k not in left_out}
+        payload = {k: v for k, v in self.to_dict().items() if k not in left_out
+                   and not (k in _KEY_DEFAULTS and v == _KEY_DEFAULTS[k])}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---- JSON round trip -----------------------------------------------------------
@@ -153,13 +162,6 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> RunConfig:
-        return cls.from_json(Path(path).read_text())
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

@@ -7,6 +7,8 @@ AVX-512/AMX CPU for these shapes, and fp32 keeps the CPU tests exact).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from sae_core.errors import UserError
@@ -40,3 +42,11 @@ def autocast_dtype(policy: str, device: torch.device) -> torch.dtype | None:
             if torch.cuda.is_bf16_supported():
                 return torch.bfloat16
     return None
+
+
+def matmul_autocast(device: torch.device, mm_dtype: torch.dtype | None
+                    ) -> contextlib.AbstractContextManager[object]:
+    """Run the matrix products inside in mm_dtype (bf16 autocast), or as they are (None)."""
+    if mm_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=mm_dtype)

@@ -1,8 +1,7 @@
-"""The loss of "Scaling Monosemanticity", as pure functions (the held-out metrics:
-sae_core/evaluate.py).
+"""Loss terms as pure functions, shared by the architectures' steps and their tests.
 
-Shapes: x, x_hat [B, d]; f (feature activations) [B, F]; W_dec [F, d].
-All inputs are in the normalised space (E||x||^2 = d).
+Shapes: x, x_hat [B, d]; f (feature activations) [B, F]; f_sum = Σ_b f_b [F]; W_dec [F, d].
+All inputs are in the normalised space (E‖x‖² = d, docs/METHOD.md section 1).
 """
 
 from __future__ import annotations
@@ -15,20 +14,17 @@ def mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return (x - x_hat).pow(2).sum(-1).mean()
 
 
-def l1_penalty(f: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-    """Σ_i f_i ||W_dec[i]||_2, averaged over the batch. -> []
+def l1_penalty(f_sum: torch.Tensor, W_dec: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """Σ_i f_i ‖W_dec[i]‖₂ averaged over the batch, from f_sum [F]. -> []
 
     Weighting by the decoder norm makes the penalty invariant to rescaling a feature
     between encoder and decoder, so no unit-norm constraint on W_dec is needed
     (April-2024 update).
     """
-    return f.sum(0) @ W_dec.norm(dim=1) / f.shape[0]
+    return f_sum @ W_dec.norm(dim=1) / n_tokens
 
 
-def sae_loss(
-    x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor, W_dec: torch.Tensor, l1: float
-) -> torch.Tensor:
-    """MSE + λ · penalty. -> []"""
-    return mse(x, x_hat) + l1 * l1_penalty(f, W_dec)
-
-
+def relu_loss(x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor, W_dec: torch.Tensor,
+              l1: float) -> torch.Tensor:
+    """The ReLU SAE's training loss, MSE + λ · penalty, from dense f [B, F]. -> []"""
+    return mse(x, x_hat) + l1 * l1_penalty(f.sum(0), W_dec, f.shape[0])

@@ -64,7 +64,8 @@ def run_from_cache(
         on_fork=on_fork,
     )
     checkpoint.save_weights(out_dir / "sae.safetensors", result.sae)
-    cfg_json = checkpoint.sae_lens_cfg(cfg.to_dict(), cache.norm_scale, cache.meta.get("source", {}))
+    cfg_json = checkpoint.sae_lens_cfg(cfg.to_dict(), result.sae.arch.saelens_architecture,
+                                       cache.norm_scale, cache.meta.get("source", {}))
     checkpoint.write_json(out_dir / "cfg.json", cfg_json)
     checkpoint.write_json(out_dir / "metrics.json", result.metrics)
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)

@@ -1,13 +1,12 @@
-"""The two schedules of the April-2024 recipe (METHOD.md section 1), as pure functions.
-
-Both take the 0-based step about to be taken and return a multiplier in [0, 1].
-"""
+"""The schedules of a run, as pure functions of the 0-based step about to be taken;
+each returns a multiplier in [0, 1] (docs/METHOD.md section 1)."""
 
 from __future__ import annotations
 
 
-def l1_factor(step: int, warmup_steps: int) -> float:
-    """λ rises linearly from 0 to its final value over the first `warmup_steps` steps."""
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """A sparsity coefficient (the ReLU SAE's λ) rises linearly from 0 to its final value
+    over the first `warmup_steps` steps."""
     if warmup_steps <= 0 or step >= warmup_steps:
         return 1.0
     return step / warmup_steps

@@ -16,14 +16,13 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from sae_core import checkpoint
+from sae_core import archs, checkpoint
 from sae_core.config import RunConfig
 from sae_core.device import autocast_dtype, resolve_device
 from sae_core.errors import UserError
 from sae_core.evaluate import evaluate
 from sae_core.model import SAE
-from sae_core.schedule import l1_factor, lr_factor
-from sae_core.step import compute_gradients
+from sae_core.schedule import lr_factor
 
 BatchFactory = Callable[[int], Iterator[torch.Tensor]]  # start step -> batches [B, d]
 
@@ -54,8 +53,8 @@ def train(
     """Train one SAE for cfg.n_steps steps; eval_x [N, d] is held-out, normalised data.
 
     After each step count in `fork_steps` (below n_steps) the state is checkpointed and
-    `on_fork(checkpoint_dir, step)` called: branched step schedules (issue 5, see
-    sae_core/branching.py) copy it to where a shorter run resumes its own LR decay.
+    `on_fork(checkpoint_dir, step)` called: branched step schedules (sae_core/branching.py)
+    copy it to where a shorter run resumes its own LR decay.
     """
     if fork_steps and checkpoint_dir is None:
         raise ValueError("fork_steps need a checkpoint_dir to save the forks in")
@@ -63,12 +62,8 @@ def train(
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     mm_dtype = autocast_dtype(cfg.autocast, device)
-    sae = SAE.init(
-        cfg.d_in,
-        cfg.n_features,
-        cfg.init_decoder_norm,
-        torch.Generator().manual_seed(cfg.seed),
-    ).to(device)
+    arch = archs.build(cfg)
+    sae = arch.init(cfg.d_in, cfg.n_features, torch.Generator().manual_seed(cfg.seed)).to(device)
     # fused: one kernel for all of Adam's updates; at d=768, F=16384 on this CPU 81 ms a
     # step against 555 ms for the default (bench/README.md).
     optimizer = torch.optim.Adam(
@@ -96,20 +91,23 @@ def train(
         t0 = time.perf_counter()
         x = next(batches).to(device, non_blocking=True)
         lr = cfg.lr * lr_factor(step, cfg.n_steps, cfg.decay_start_step)
-        l1 = cfg.l1_coefficient * l1_factor(step, cfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        stats = compute_gradients(sae, x, l1, mm_dtype)
+        dead = tokens_since_fired >= cfg.dead_window_tokens
+        stats = arch.gradients(sae, x, archs.StepContext(step, dead, mm_dtype))
         loss = stats.loss.item()
         if not math.isfinite(loss):
             saved = checkpoint_dir is not None and checkpoint.exists(checkpoint_dir)
+            scheduled = ", ".join(f"{k}={v:.3g}" for k, v in arch.schedule(step).items())
             raise DivergedError(
-                f"loss became {loss} at step {step} (lr={lr:.3g}, λ={l1:.3g}); "
+                f"loss became {loss} at step {step} (lr={lr:.3g}"
+                + (f", {scheduled}" if scheduled else "") + "); "
                 + (f"last good checkpoint kept in {checkpoint_dir}" if saved
                    else "no checkpoint was saved before it")
             )
         torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
         optimizer.step()
+        arch.after_step(sae)
         tokens_since_fired += x.shape[0]
         tokens_since_fired.masked_fill_(stats.fired, 0)
         train_time_s += time.perf_counter() - t0
@@ -117,16 +115,15 @@ def train(
         done = step + 1
         if logger is not None and (done % eval_every == 0 or done == cfg.n_steps):
             # Held-out metrics on one batch of eval tokens: about a third of a step.
-            held_out = evaluate(sae, eval_x[: cfg.batch_size_tokens], cfg.l1_coefficient, mm_dtype)
+            held_out = evaluate(sae, eval_x[: cfg.batch_size_tokens], mm_dtype)
             logger.log(
                 {
                     "train/loss": loss,
-                    "train/mse": stats.mse.item(),
-                    "train/l1_penalty": stats.l1_penalty.item(),
+                    **{f"train/{name}": value.item() for name, value in stats.terms.items()},
                     "train/dead_fraction": _dead_fraction(tokens_since_fired, cfg, done),
                     **{f"eval/{name}": value for name, value in held_out.items()},
                     "lr": lr,
-                    "l1_coefficient": l1,
+                    **arch.schedule(step),
                     "compute_flops": done / cfg.n_steps * cfg.compute_flops,
                 },
                 step=done,
@@ -145,7 +142,7 @@ def train(
         if fork and on_fork is not None:
             on_fork(checkpoint_dir, done)
 
-    metrics = evaluate(sae, eval_x, cfg.l1_coefficient, mm_dtype)
+    metrics = evaluate(sae, eval_x, mm_dtype)
     metrics["dead_fraction"] = _dead_fraction(tokens_since_fired, cfg, cfg.n_steps)
     metrics["compute_flops"] = cfg.compute_flops
     metrics["n_tokens"] = float(cfg.n_tokens)

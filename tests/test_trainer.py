@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from sae_core import checkpoint
+from sae_core.archs.relu import ReLU
 from sae_core.cache import ActivationCache
 from sae_core.config import RunConfig
-from sae_core.model import SAE
 from sae_core.run import run_from_cache
-from sae_core.schedule import l1_factor, lr_factor
+from sae_core.schedule import lr_factor, warmup_factor
 from sae_core.synthetic import PlantedDictionary, build_synthetic_cache
 from sae_core.trainer import DivergedError, train
 
@@ -59,7 +59,7 @@ def test_planted_features_recovered_at_planted_l0(
 
 def test_schedules_have_the_papers_shape() -> None:
     cfg = RunConfig(cache_dir="-", d_in=8, n_features=8, n_steps=1000)
-    lam = [l1_factor(s, cfg.warmup_steps) for s in range(cfg.n_steps)]
+    lam = [warmup_factor(s, cfg.warmup_steps) for s in range(cfg.n_steps)]
     lr = [lr_factor(s, cfg.n_steps, cfg.decay_start_step) for s in range(cfg.n_steps)]
     assert cfg.warmup_steps == 50 and cfg.decay_start_step == 800
     assert lam[0] == 0.0 and lam[25] == pytest.approx(0.5) and min(lam[50:]) == 1.0
@@ -72,7 +72,7 @@ def test_schedules_have_the_papers_shape() -> None:
 
 def test_a_kill_between_the_checkpoints_two_renames_keeps_the_previous_one(
         tmp_path: Path) -> None:
-    sae = SAE.init(8, 16, 0.1, torch.Generator().manual_seed(0))
+    sae = ReLU(5.0, 0, 0.1).init(8, 16, torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
     directory = tmp_path / "ckpt"
     checkpoint.save(directory, sae, opt, 7, torch.zeros(16, dtype=torch.int64), "k")
@@ -82,14 +82,14 @@ def test_a_kill_between_the_checkpoints_two_renames_keeps_the_previous_one(
 
 
 def test_checkpoint_round_trips(tmp_path: Path) -> None:
-    sae = SAE.init(8, 16, 0.1, torch.Generator().manual_seed(0))
+    sae = ReLU(5.0, 0, 0.1).init(8, 16, torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
     sae.W_enc.grad = torch.ones_like(sae.W_enc)
     opt.step()
     counters = torch.arange(16)
     checkpoint.save(tmp_path / "ckpt", sae, opt, 7, counters, resume_key="run-a")
 
-    other = SAE.init(8, 16, 0.1, torch.Generator().manual_seed(1))
+    other = ReLU(5.0, 0, 0.1).init(8, 16, torch.Generator().manual_seed(1))
     other_opt = torch.optim.Adam(other.parameters(), lr=1e-3)
     with pytest.raises(checkpoint.CheckpointMismatch, match="another run"):
         checkpoint.load(tmp_path / "ckpt", other, other_opt, resume_key="run-b")

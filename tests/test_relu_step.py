@@ -1,33 +1,43 @@
-"""Both paths of the hand-written step compute the gradients autograd computes on
-loss.sae_loss, at every density, in double, fp32 and with bf16 matrix products."""
+"""The ReLU SAE's step (sae_core/archs/relu.py), dense or over the active entries, sets the
+gradients autograd computes on loss.relu_loss of the dense forward pass: at every
+density, in double, fp32 and with bf16 matrix products."""
 
 import pytest
 import torch
 
-from sae_core.loss import sae_loss
+from sae_core.archs import StepContext, StepStats
+from sae_core.archs.relu import SPARSE_MAX_DENSITY, ReLU, active_fraction
+from sae_core.loss import relu_loss
 from sae_core.model import SAE
-from sae_core.step import SPARSE_MAX_DENSITY, active_fraction, compute_gradients
 
 # Encoder bias mean -> fraction of active entries of f at d=16, F=64, decoder_norm=0.5
 # (pre-activations have std ≈ 0.5): ~0.5, ~0.1, ~0.002, exactly 0.
 DENSITIES = {"half": 0.0, "low": -0.6, "very_low": -1.4, "none": -100.0}
 
 
-def make_sae(bias: float, seed: int = 0, d_in: int = 16, n_features: int = 64) -> SAE:
+def make_sae(bias: float, seed: int = 0, d_in: int = 16, n_features: int = 64,
+             l1: float = 5.0, path: str = "auto") -> SAE:
     gen = torch.Generator().manual_seed(seed)
-    sae = SAE.init(d_in, n_features, decoder_norm=0.5, generator=gen)
+    sae = ReLU(l1, 0, 0.5, path).init(d_in, n_features, gen)
     with torch.no_grad():  # biases away from 0 so their gradients are tested too
         sae.b_enc.normal_(bias, 0.1, generator=gen)
         sae.b_dec.normal_(0, 0.1, generator=gen)
     return sae
 
 
+def step(sae: SAE, x: torch.Tensor, path: str | None = None,
+         mm_dtype: torch.dtype | None = None) -> StepStats:
+    arch = sae.arch if path is None else ReLU(sae.arch.l1_coefficient, 0, 0.5, path)
+    dead = torch.zeros(sae.n_features, dtype=torch.bool)
+    return arch.gradients(sae, x, StepContext(step=10, dead=dead, mm_dtype=mm_dtype))
+
+
 def autograd_reference(sae: SAE, x: torch.Tensor, l1: float
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """(loss, {name: grad}, f) by autograd on the model's forward and loss.sae_loss."""
+    """(loss, {name: grad}, f) by autograd on the model's forward and loss.relu_loss."""
     sae.zero_grad(set_to_none=True)
     out = sae(x)
-    loss = sae_loss(x, out.x_hat, out.f, sae.W_dec, l1)
+    loss = relu_loss(x, out.x_hat, out.f, sae.W_dec, l1)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
     sae.zero_grad(set_to_none=True)
@@ -38,13 +48,12 @@ def autograd_reference(sae: SAE, x: torch.Tensor, l1: float
 @pytest.mark.parametrize("density", list(DENSITIES))
 @pytest.mark.parametrize("l1", [0.0, 5.0])
 def test_gradients_match_autograd_in_double(path: str, density: str, l1: float) -> None:
-    sae = make_sae(DENSITIES[density]).double()
+    sae = make_sae(DENSITIES[density], l1=l1).double()
     x = torch.randn(128, 16, generator=torch.Generator().manual_seed(1)).double()
     loss, expected, f = autograd_reference(sae, x, l1)
 
-    stats = compute_gradients(sae, x, l1, path=path)
+    stats = step(sae, x, path)
     torch.testing.assert_close(stats.loss, loss)
-    torch.testing.assert_close(stats.f_sum, f.sum(0))
     assert torch.equal(stats.fired, (f > 0).any(0))
     for name, p in sae.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], msg=name)
@@ -57,12 +66,13 @@ def test_sparse_path_matches_dense_in_fp32(bias: float) -> None:
     tokens have no active feature at all)."""
     sae = make_sae(bias, seed=2, d_in=64, n_features=1024)
     x = torch.randn(1024, 64, generator=torch.Generator().manual_seed(3))
-    dense = compute_gradients(sae, x, 5.0, path="dense")
+    dense = step(sae, x, "dense")
     dense_grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
-    sparse = compute_gradients(sae, x, 5.0, path="sparse")
+    sparse = step(sae, x, "sparse")
     assert 0 < active_fraction(sae.encode(x)) < 0.05
-    for field in ("loss", "mse", "l1_penalty", "f_sum"):
-        torch.testing.assert_close(getattr(sparse, field), getattr(dense, field), msg=field)
+    torch.testing.assert_close(sparse.loss, dense.loss)
+    for name in ("mse", "l1_penalty"):
+        torch.testing.assert_close(sparse.terms[name], dense.terms[name], msg=name)
     assert torch.equal(sparse.fired, dense.fired)
     for name, p in sae.named_parameters():
         torch.testing.assert_close(p.grad, dense_grads[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -75,7 +85,7 @@ def test_bf16_matmuls_stay_close_to_the_exact_gradients(path: str, bias: float) 
     x = torch.randn(256, 32, generator=torch.Generator().manual_seed(5))
     loss, expected, _ = autograd_reference(sae.double(), x.double(), 5.0)
     sae = sae.float()
-    approx = compute_gradients(sae, x, 5.0, mm_dtype=torch.bfloat16, path=path)
+    approx = step(sae, x, path, mm_dtype=torch.bfloat16)
     assert abs(approx.loss.item() - loss.item()) < 2e-2 * loss.item()
     for name, p in sae.named_parameters():
         cos = torch.nn.functional.cosine_similarity(
@@ -84,15 +94,21 @@ def test_bf16_matmuls_stay_close_to_the_exact_gradients(path: str, bias: float) 
 
 
 def test_auto_picks_the_path_by_measured_density(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sae_core.step as step
+    import sae_core.archs.relu as relu
 
     chosen = []
-    monkeypatch.setattr(step, "_sparse_backward", lambda *a: chosen.append("sparse"))
-    monkeypatch.setattr(step, "_dense_backward", lambda *a: chosen.append("dense"))
+    real = relu.ActiveSet.where
+
+    def spy(mask: torch.Tensor) -> object:
+        chosen.append("sparse")
+        return real(mask)
+
+    monkeypatch.setattr(relu.ActiveSet, "where", staticmethod(spy))
     x = torch.randn(128, 16, generator=torch.Generator().manual_seed(6))
-    compute_gradients(make_sae(DENSITIES["half"]), x, 5.0)
-    compute_gradients(make_sae(DENSITIES["very_low"]), x, 5.0)
-    assert chosen == ["dense", "sparse"]
+    step(make_sae(DENSITIES["half"]), x)
+    assert chosen == []  # half the entries active: dense
+    step(make_sae(DENSITIES["very_low"]), x)
+    assert chosen == ["sparse"]
 
 
 def test_active_fraction_counts_positive_entries() -> None:
@@ -105,7 +121,14 @@ def test_active_fraction_counts_positive_entries() -> None:
 
 def test_unknown_path_is_rejected() -> None:
     with pytest.raises(ValueError, match="path"):
-        compute_gradients(make_sae(0.0), torch.randn(8, 16), 5.0, path="fast")
+        step(make_sae(0.0), torch.randn(8, 16), "fast")
+
+
+def test_lambda_warms_up_and_is_logged() -> None:
+    arch = ReLU(5.0, 100, 0.1)
+    assert arch.schedule(0) == {"l1_coefficient": 0.0}
+    assert arch.schedule(50) == {"l1_coefficient": pytest.approx(2.5)}
+    assert arch.schedule(100) == arch.schedule(10_000) == {"l1_coefficient": 5.0}
 
 
 def test_evaluate_decodes_sparse_f_as_the_dense_product() -> None:
@@ -114,13 +137,13 @@ def test_evaluate_decodes_sparse_f_as_the_dense_product() -> None:
     from sae_core.evaluate import evaluate
 
     g = torch.Generator().manual_seed(0)
-    sae = SAE.init(32, 512, 0.1, g)
+    sae = ReLU(5.0, 0, 0.1).init(32, 512, g)
     x = torch.randn(3000, 32, generator=g)
     with torch.no_grad():  # ~1% of the features fire: the sparse decode runs
         sae.b_enc.copy_(-(x @ sae.W_enc).quantile(0.99, dim=0))
         sae.b_dec.copy_(torch.randn(32, generator=g))
         out = sae(x)
-    got = evaluate(sae, x, l1_coefficient=5.0, chunk_tokens=1024)
+    got = evaluate(sae, x, chunk_tokens=1024)
     assert 0 < got["l0"] < 0.05 * 512
     sq_err = (x - out.x_hat).pow(2).sum().item()
     penalty = (out.f.sum(0) @ sae.W_dec.norm(dim=1)).item() / len(x)

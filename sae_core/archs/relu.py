@@ -1,0 +1,111 @@
+"""The April-2024 ReLU SAE of "Scaling Monosemanticity" (docs/METHOD.md section 1).
+
+    f = ReLU(x W_enc + b_enc)          no decoder-bias subtraction before the encoder
+    L = ‖x − x̂‖² + λ Σ_i f_i ‖W_dec,i‖   averaged over the batch; no unit-norm W_dec
+    λ rises linearly from 0 over the first 5% of steps; W_dec rows random with norm 0.1
+    (lib), W_enc = W_decᵀ at init only, both biases 0.
+
+The loss is written once (sae_core/loss.py) and differentiated by autograd. Early in
+training, when λ ≈ 0 and half of the features fire, the step is dense; once the SAE is
+sparse the decoder and every backward product run over the active entries only
+(sae_core/kernels.py), and each step picks its path by the density it measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sae_core import loss
+from sae_core.archs import StepContext, StepStats
+from sae_core.device import matmul_autocast
+from sae_core.kernels import ActiveSet, encoder_values, sparse_decode
+from sae_core.model import SAE
+from sae_core.schedule import warmup_factor
+
+# Above this fraction of active (token, feature) entries the dense path is faster.
+# bench/step_crossover.py on a 2-core CPU (2 threads, batch 4096; bench/README.md has the
+# table): the sparse path won up to ~12% density at d=384, F=4096 but only to ~6% at
+# d=768, F=16384, where W_dec (50 MB) no longer fits in cache for the row gathers, so the
+# switch sits below both. After warm-up densities are far lower (L0 4-18 of 512 on
+# MiniLM, docs/METHOD.md section 5).
+SPARSE_MAX_DENSITY = 0.05
+# The density is estimated on the first rows of the batch only: rows of a cache batch are
+# shuffled tokens (sae_core/cache_reader.py), and a 512-row count costs ~1/8 of a full one.
+DENSITY_SAMPLE_ROWS = 512
+
+
+def active_fraction(pre: torch.Tensor) -> float:
+    """Fraction of entries > 0 in the first DENSITY_SAMPLE_ROWS rows of pre [B, F]."""
+    sample = pre[:DENSITY_SAMPLE_ROWS]
+    return torch.count_nonzero(sample > 0).item() / max(sample.numel(), 1)
+
+
+@dataclass(frozen=True)
+class ReLU:
+    l1_coefficient: float  # λ, the paper's 5
+    warmup_steps: int  # λ rises linearly from 0 over these steps
+    init_decoder_norm: float  # (lib) 0.1; the April update gives a range 0.05-1
+    path: str = "auto"  # "dense" | "sparse" force one path (tests, bench/step_crossover.py)
+    name = "relu"
+    saelens_architecture = "standard"
+
+    def init(self, d_in: int, n_features: int, generator: torch.Generator) -> SAE:
+        """Decoder rows in random directions with L2 norm init_decoder_norm; W_enc = W_decᵀ
+        at init only; both biases 0 (April-2024 update)."""
+        sae = SAE(d_in, n_features, self)
+        with torch.no_grad():
+            w = torch.randn(n_features, d_in, generator=generator)
+            w *= self.init_decoder_norm / w.norm(dim=1, keepdim=True)
+            sae.W_dec.copy_(w)
+            sae.W_enc.copy_(w.T)
+        return sae
+
+    def l1_at(self, step: int) -> float:
+        return self.l1_coefficient * warmup_factor(step, self.warmup_steps)
+
+    def schedule(self, step: int) -> dict[str, float]:
+        return {"l1_coefficient": self.l1_at(step)}
+
+    def encode(self, sae: SAE, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(sae.b_enc, x, sae.W_enc).relu_()
+
+    def gradients(self, sae: SAE, x: torch.Tensor, ctx: StepContext) -> StepStats:
+        """Autograd on loss.relu_loss; dense, or over the active entries (kernels.py)."""
+        if self.path not in ("auto", "dense", "sparse"):
+            raise ValueError(f"path must be 'auto', 'dense' or 'sparse', got {self.path!r}")
+        sae.zero_grad(set_to_none=True)
+        batch = x.shape[0]
+        with matmul_autocast(x.device, ctx.mm_dtype):
+            pre = torch.addmm(sae.b_enc, x, sae.W_enc)  # [B, F]; graph used by the dense path
+        path = self.path
+        if path == "auto":
+            path = "sparse" if active_fraction(pre.detach()) <= SPARSE_MAX_DENSITY else "dense"
+        if path == "sparse":  # fp32 throughout: these products are cheap, bf16 buys nothing
+            pre = pre.detach().to(sae.W_dec.dtype)
+            active = ActiveSet.where(pre > 0)
+            values = encoder_values(pre, x, sae.W_enc, sae.b_enc, None, active)
+            x_hat = sparse_decode(values, sae.W_dec, active) + sae.b_dec
+            f_sum = torch.zeros_like(sae.b_enc).index_add(0, active.cols, values)  # [F]
+        else:
+            f = pre.relu().to(sae.W_dec.dtype)
+            with matmul_autocast(x.device, ctx.mm_dtype):
+                x_hat = torch.addmm(sae.b_dec, f, sae.W_dec)
+            x_hat, f_sum = x_hat.to(x.dtype), f.sum(0)
+        mse = loss.mse(x, x_hat)
+        penalty = loss.l1_penalty(f_sum, sae.W_dec, batch)
+        total = mse + self.l1_at(ctx.step) * penalty
+        total.backward()
+        return StepStats(total.detach(), {"mse": mse.detach(), "l1_penalty": penalty.detach()},
+                         f_sum.detach() > 0)
+
+    def after_step(self, sae: SAE) -> None:
+        return None  # no constraint on W_dec: the penalty's ‖W_dec,i‖ weighting replaces it
+
+    def held_out_terms(self, sae: SAE, f: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"l1_penalty": f.sum(0) @ sae.W_dec.norm(dim=1)}
+
+    def held_out_loss(self, metrics: dict[str, float]) -> float:
+        """The paper's proxy at the final λ."""
+        return metrics["mse"] + self.l1_coefficient * metrics["l1_penalty"]

@@ -1,0 +1,27 @@
+"""A run's training compute and the steps a budget buys (docs/METHOD.md section 2).
+
+    C = 6 · (2 d F) · T,   T = steps × batch tokens
+
+(forward 4dF and backward 8dF FLOPs per token), so at fixed d and batch C = k F S with
+k = 12 d batch: the paper's allocation question is how to split C between F and S. Every
+part of monoscale that needs C or S(C) calls these two functions, with k from the one
+below (or, for a table of runs from elsewhere, a k inferred from it).
+"""
+
+from __future__ import annotations
+
+
+def flops_per_feature_step(d_in: int, batch_size_tokens: int) -> float:
+    """k in C = k F S: 12 d batch."""
+    return 12.0 * d_in * batch_size_tokens
+
+
+def compute_flops(n_features: float, n_steps: float, k: float) -> float:
+    """C = k F S."""
+    return k * n_features * n_steps
+
+
+def steps_for_budget(budget_flops: float, n_features: float, k: float) -> int:
+    """The whole steps that spend `budget_flops` at width F: C / (k F), rounded (0 when
+    one step costs more than twice the budget)."""
+    return round(budget_flops / (k * n_features))
