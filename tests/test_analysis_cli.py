@@ -15,7 +15,7 @@ from analysis.synthetic import isoflop_runs, lr_runs
 from sweeps.cli import main
 from sweeps.spec import load_spec
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "chinchilla"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "chinchilla"
 D_IN, BATCH = 64, 256
 K = 12 * D_IN * BATCH
 TRUTH = ParametricFit(E=0.2, A=40.0, B=20.0, alpha=0.6, beta=0.5, objective=0.0, n_runs=0)
@@ -41,7 +41,6 @@ def run_cli(*argv: str) -> int:
     return main([str(a) for a in argv])
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason="chinchilla fixture not present")
 def test_chinchilla_csv_gives_epoch_parameters(tmp_path: Path) -> None:
     raw = pd.read_csv(FIXTURES / "svg_extracted_data.csv").sort_values("loss").iloc[:-5]
     csv = tmp_path / "chinchilla.csv"

@@ -1,11 +1,13 @@
 """The parametric and IsoFLOP fits reproduce Epoch AI's Chinchilla replication.
 
-Targets and tolerances: ../shared/fixtures/chinchilla/expected_fits.json (240 rows after
-dropping the 5 highest losses; D = C / (6 N)).
+Data, targets and tolerances: tests/fixtures/chinchilla/ (its README gives the provenance;
+240 rows after dropping the 5 highest losses; D = C / (6 N)). The method: docs/METHOD.md
+section 2.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,9 +20,7 @@ from analysis.isoflop import fit_isoflop
 from analysis.parametric import ParametricFit, fit_parametric, huber_objective
 from analysis.powerlaw import fit_power_law
 
-# ../shared/fixtures beside the repository (METHOD.md s2)
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "chinchilla"
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="chinchilla fixture not present")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "chinchilla"
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,12 @@ def runs() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def fit(runs: pd.DataFrame) -> ParametricFit:
     return fit_parametric(runs["n_features"], runs["n_steps"], runs["loss"])  # full 4500-start grid
+
+
+def test_fixture_is_epochs_file() -> None:
+    """The CSV is Epoch AI's file unedited (sha256 in tests/fixtures/chinchilla/README.md)."""
+    digest = hashlib.sha256((FIXTURES / "svg_extracted_data.csv").read_bytes()).hexdigest()
+    assert digest == "193478df4e90f040016431996c45682659306840ecdadf83cfb9cd5ca0aa1b30"
 
 
 def test_240_rows(runs: pd.DataFrame) -> None:
@@ -75,7 +81,7 @@ def test_beats_hoffmann_published(fit: ParametricFit, runs: pd.DataFrame, expect
 
 
 def test_no_early_stop_from_hoffmann_start(runs: pd.DataFrame, fit: ParametricFit) -> None:
-    """scipy's default tolerances stop ~10 iterations from Hoffmann's values (README);
+    """scipy's default tolerances stop ~10 iterations from Hoffmann's values (fixture README);
     the scaled objective with ftol=0 goes on to the optimum from that one start."""
     start = np.array([[6.0073404, 6.0179186, 0.5267228, 0.33917084, 0.2849083]])
     single = fit_parametric(runs["n_features"], runs["n_steps"], runs["loss"], starts=start)
