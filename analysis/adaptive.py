@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.isoflop import BUDGET_TOL_DEX, MIN_WIDTHS, assign_budgets
+from sae_core.compute import compute_flops, steps_for_budget
 
 # Exponents whose interval widths decide "stopped shrinking": the two the plan uses.
 TRACKED_EXPONENTS = ("features_opt", "steps_opt")
@@ -71,7 +72,7 @@ class Addition:
     kind: str  # "edge" or "resolution"
 
     def compute_flops(self, flops_per_feature_step: float) -> float:
-        return flops_per_feature_step * self.n_features * self.n_steps
+        return compute_flops(self.n_features, self.n_steps, flops_per_feature_step)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _curvature_rel_se(log_f: np.ndarray, loss: np.ndarray) -> float:
 
 def _steps(budget: float, n_features: int, k: float) -> int:
     """S = C / (k F) rounded; 0 when F is too wide for one step at C (not added)."""
-    return round(budget / (k * n_features))
+    return round(steps_for_budget(budget, n_features, k))
 
 
 def budget_additions(

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from sae_core.compute import steps_for_budget
+
 BUDGET_TOL_DEX = 0.05  # Epoch AI's wider tolerance around Chinchilla's nine budgets
 MIN_WIDTHS = 3  # a parabola has three coefficients
 
@@ -103,7 +105,8 @@ def fit_isoflop(
         if edge:
             x_v, loss_v = log_f[np.argmin(loss)], float(loss.min())
         f_opt = 10**x_v
-        rows.append((budget, len(group), n_widths, f_opt, budget / (flops_per_feature_step * f_opt),
+        rows.append((budget, len(group), n_widths, f_opt,
+                     steps_for_budget(budget, f_opt, flops_per_feature_step),
                      loss_v, curvature, edge))
     return pd.DataFrame(rows, columns=ISOFLOP_COLUMNS)
 

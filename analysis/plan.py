@@ -15,6 +15,8 @@ import pandas as pd
 
 from analysis.bootstrap import interval, prediction_interval
 from analysis.parametric import ParametricFit
+from sae_core.compute import compute_flops as flops_of
+from sae_core.compute import steps_for_budget
 from sae_core.errors import UserError
 
 PARAMETRIC_KEYS = ("E", "A", "B", "alpha", "beta")
@@ -76,14 +78,15 @@ def plan_run(
                 f"beta={law.beta:.3g}): add runs that train longer or wider, or give --features"
             )
         n_features = round_features(float(f_opt), power_of_two)
-    steps = float(law.steps_for_features(n_features)) if compute_flops is None else compute_flops / (k * n_features)
+    steps = (float(law.steps_for_features(n_features)) if compute_flops is None
+             else steps_for_budget(compute_flops, n_features, k))
     if not np.isfinite(steps):
         raise UserError(
             f"the fitted law has no compute-optimal steps for F={n_features} (alpha={law.alpha:.3g}, "
             f"beta={law.beta:.3g}): add runs that train longer or wider, or give --compute"
         )
     n_steps = max(1, int(round(steps)))
-    compute = k * n_features * n_steps
+    compute = flops_of(n_features, n_steps, k)
     lr, lr_source = fits.get("lr_stage1"), "stage-1 lr"
     if fits.get("lr_opt"):
         lr = float(fits["lr_opt"]["coefficient"] * compute ** fits["lr_opt"]["exponent"])

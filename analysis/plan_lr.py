@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from analysis.plan import parametric_from_fits
+from sae_core.compute import steps_for_budget
 from sae_core.errors import UserError
 
 LR_SPAN_DEX = 1.0  # the grid spans 10x around the stage-1 LR: 10^(-0.5) .. 10^(+0.5)
@@ -50,7 +51,8 @@ def lr_sweep_spec(
     points = []
     for c, f in zip(budgets, f_opt, strict=True):
         n_features = max(1, int(round(f)))
-        points.append({"n_features": n_features, "n_steps": max(1, int(round(c / (k * n_features))))})
+        n_steps = max(1, round(steps_for_budget(c, n_features, k)))
+        points.append({"n_features": n_features, "n_steps": n_steps})
     lrs = lr0 * np.logspace(-lr_span_dex / 2, lr_span_dex / 2, n_lrs)
     spec: dict[str, Any] = {"name": f"{(stage1_spec or {}).get('name', 'sweep')}-lr", "stage": 2}
     spec.update({key: stage1_spec[key] for key in CARRIED if stage1_spec and key in stage1_spec})

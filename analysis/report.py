@@ -24,6 +24,7 @@ from analysis.isoflop import BUDGET_TOL_DEX, assign_budgets
 from analysis.laws import Laws, derived, fit_laws, split_stages
 from analysis.multistart import single_threaded_blas
 from analysis.parametric import HUBER_DELTA, residuals
+from sae_core.compute import flops_per_feature_step as flops_per_feature_step_of
 from sae_core.errors import UserError
 
 REQUIRED = ("n_features", "compute_flops", "loss")
@@ -59,7 +60,7 @@ def prepare_runs(runs: pd.DataFrame, batch_size_tokens: int | None = None) -> pd
 def flops_per_feature_step(runs: pd.DataFrame, batch_size_tokens: int | None, d_in: int | None) -> float:
     """k in C = k F S: 12 d batch for an SAE (METHOD.md s2), else inferred from the table."""
     if batch_size_tokens and d_in:
-        return 12.0 * d_in * batch_size_tokens
+        return flops_per_feature_step_of(d_in, batch_size_tokens)
     return float(np.median(runs["compute_flops"] / (runs["n_features"] * runs["n_steps"])))
 
 

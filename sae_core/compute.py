@@ -21,7 +21,7 @@ def compute_flops(n_features: float, n_steps: float, k: float) -> float:
     return k * n_features * n_steps
 
 
-def steps_for_budget(budget_flops: float, n_features: float, k: float) -> int:
-    """The whole steps that spend `budget_flops` at width F: C / (k F), rounded (0 when
-    one step costs more than twice the budget)."""
-    return round(budget_flops / (k * n_features))
+def steps_for_budget(budget_flops: float, n_features: float, k: float) -> float:
+    """The steps that spend `budget_flops` at width F: C / (k F). Callers that train it
+    round to whole steps."""
+    return budget_flops / (k * n_features)
