@@ -1,4 +1,4 @@
-"""Writing results so that a failure leaves nothing half-written (issue 4, bad input)."""
+"""Writing results so that a failure leaves nothing half-written."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 
@@ -26,16 +27,22 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
-def write_analysis_dir(out_dir: str | Path, fits: dict[str, Any], figures: dict[str, Figure]) -> Path:
-    """DIR/fits.json and DIR/<name>.png/.svg, built in a temp dir then moved into place."""
+def write_analysis_dir(out_dir: str | Path,
+                       parts: dict[str, tuple[dict[str, Any], dict[str, Figure]]]) -> Path:
+    """DIR/<part>/fits.json and DIR/<part>/<name>.png/.svg for each part ('' = DIR itself),
+    built in a temp dir then moved into place whole."""
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
     try:
-        (tmp / "fits.json").write_text(json.dumps(fits, indent=2) + "\n")
-        for name, fig in figures.items():
-            fig.savefig(tmp / f"{name}.png", dpi=150)
-            fig.savefig(tmp / f"{name}.svg")
+        for part, (fits, figures) in parts.items():
+            where = tmp / part if part else tmp
+            where.mkdir(parents=True, exist_ok=True)
+            (where / "fits.json").write_text(json.dumps(fits, indent=2) + "\n")
+            for name, fig in figures.items():
+                fig.savefig(where / f"{name}.png", dpi=150)
+                fig.savefig(where / f"{name}.svg")
+                plt.close(fig)  # pyplot keeps every figure it made until closed
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old"

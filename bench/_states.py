@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from sae_core.archs import StepContext
 from sae_core.archs.relu import ReLU
-from sae_core.model import SAE
+from sae_core.model import SAE, StepContext
 
 # Feature frequencies of trained SAEs are heavy-tailed; the planted-dictionary source uses
 # p_i ∝ (i+1)^-0.5 for the same reason (sae_core/synthetic.py).

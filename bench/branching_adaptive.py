@@ -46,14 +46,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+
 from analysis.adaptive import AdaptiveSettings  # noqa: E402
-from analysis.mlflow_reader import read_runs  # noqa: E402
 from analysis.report import analyze  # noqa: E402
 from sweeps import tracking  # noqa: E402
 from sweeps.adaptive import run_adaptive  # noqa: E402
+from sweeps.analysis_input import read_sweep_runs  # noqa: E402
 from sweeps.cache_setup import planned_d_in  # noqa: E402
 from sweeps.driver import Where, submit  # noqa: E402
-from sweeps.spec import CacheSpec, IsoflopSpec, SweepSpec, load_spec, size_pairs  # noqa: E402
+from sweeps.spec import CacheSpec, IsoflopSpec, SweepSpec, load_spec  # noqa: E402
 
 DEMO = REPO / "sweeps" / "demo.yaml"
 # The demo's widths are 256, 813, 2580, 8192; the independent fits here put every budget's
@@ -73,15 +74,15 @@ def spent_flops(where: Where, sweep: str) -> float:
     assert target is not None
     total = 0.0
     for run in tracking.child_runs(target):
-        if run.info.status == "FINISHED":
-            params = run.data.params
+        if run.status == "FINISHED":
+            params = run.params
             total += float(params.get("compute_flops_spent", params["compute_flops"]))
     return total
 
 
 def fit(where: Where, spec: SweepSpec, d_in: int, n_draws: int) -> dict[str, Any]:
     """The exponents with their intervals and each budget's IsoFLOP optimum."""
-    runs = read_runs(where.tracking_uri, spec.name)
+    runs = read_sweep_runs(spec.name, where.tracking_uri)
     budgets = list(spec.isoflop.compute_flops) if spec.isoflop else None
     target = PLAN_AT * max(budgets) if budgets else None
     fits = analyze(runs, spec.batch_size_tokens, d_in, n_draws=n_draws, budgets=budgets,
@@ -121,7 +122,7 @@ def run_way(name: str, spec: SweepSpec, where: Where, d_in: int, n_draws: int) -
 
 def losses(where: Where, sweep: str) -> dict[tuple[int, int, int], float]:
     """(F, steps, seed) -> final held-out loss of the sweep's finished runs."""
-    runs = read_runs(where.tracking_uri, sweep)
+    runs = read_sweep_runs(sweep, where.tracking_uri)
     return {(int(r.n_features), int(r.n_steps), int(r.seed)): float(r.loss)
             for r in runs.itertuples()}
 
@@ -179,7 +180,7 @@ def main() -> None:
         results = {name: run_way(name, spec, where, d_in, args.draws)
                    for name, spec in ways.items()}
         top = max(demo.isoflop.compute_flops)
-        seeded = [p for p in size_pairs(demo, d_in) if p[0] in SEEDED_WIDTHS
+        seeded = [p for p in demo.size_pairs(d_in) if p[0] in SEEDED_WIDTHS
                   and abs(12 * d_in * demo.batch_size_tokens * p[0] * p[1] / top - 1) < 0.01]
         seeds = replace(demo, name="bench-seeds", isoflop=None, sizes=tuple(seeded),
                         axes=(("seed", (1, 2)),), branching=False)

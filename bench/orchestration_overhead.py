@@ -175,12 +175,12 @@ def sweep(spec_path: Path, where: Where, address: str | None = None) -> dict[str
         raise SystemExit(f"the sweep did not finish every trial (exit {status})")
     target = tracking.find_sweep(where.tracking_uri, spec.name)
     assert target is not None
-    runs = [r for r in tracking.child_runs(target) if r.info.status == "FINISHED"]
+    runs = [r for r in tracking.child_runs(target) if r.status == "FINISHED"]
     if len(runs) != N_TRIALS:
         raise SystemExit(f"expected {N_TRIALS} finished runs in MLflow, found {len(runs)}")
-    trial_s = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
-    first_start_ms = min(r.info.start_time for r in runs)
-    last_end_ms = max(r.info.end_time for r in runs)
+    trial_s = [(r.end_time_ms - r.start_time_ms) / 1000 for r in runs]
+    first_start_ms = min(r.start_time_ms for r in runs)
+    last_end_ms = max(r.end_time_ms for r in runs)
     ideal_s = sum(trial_s) / CONCURRENCY
     return {"wall_s": wall_s, "ideal_s": ideal_s, "overhead_ratio": wall_s / ideal_s,
             "first_trial_start_s": (first_start_ms - submitted_ms) / 1000,

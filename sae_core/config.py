@@ -13,15 +13,16 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sae_core import archs
 from sae_core.compute import compute_flops, flops_per_feature_step
 from sae_core.errors import UserError
 
 # Fields that say *where* or *how fast* a run executes, not *what* it computes: they
 # stay out of the run key, so the same grid point on another machine is the same run.
-_EXECUTION_FIELDS = frozenset(
+EXECUTION_FIELDS = frozenset(
     {"device", "autocast", "num_threads", "checkpoint_every_steps", "eval_every_steps", "cache_dir"}
 )
+# The SAE recipes a run can train (sae_core/archs/).
+ARCHITECTURES = ("relu",)
 # Fields added after run keys were first issued, with the value every earlier run had:
 # left out of the key at that value, so a re-submit finds the runs an older monoscale made.
 _KEY_DEFAULTS: dict[str, Any] = {"arch": "relu"}
@@ -90,8 +91,8 @@ class RunConfig:
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
-        if self.arch not in archs.NAMES:
-            raise ConfigError(f"arch must be one of {', '.join(archs.NAMES)}, got {self.arch!r}")
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
         if self.autocast not in ("auto", "bf16", "off"):
             raise ConfigError(f"autocast must be auto, bf16 or off, got {self.autocast!r}")
 
@@ -122,13 +123,13 @@ class RunConfig:
     @property
     def run_key(self) -> str:
         """Stable id of the grid point: a hash of what the run computes."""
-        return self._digest(_EXECUTION_FIELDS)
+        return self._digest(EXECUTION_FIELDS)
 
     @property
     def resume_key(self) -> str:
         """What a checkpoint must share with a run to resume it: the run key without
         n_steps, so that a branch resumes from its trunk's fork (sae_core/branching.py)."""
-        return self._digest(_EXECUTION_FIELDS | {"n_steps"})
+        return self._digest(EXECUTION_FIELDS | {"n_steps"})
 
     def _digest(self, left_out: frozenset[str]) -> str:
         payload = {k: v for k, v in self.to_dict().items() if k not in left_out

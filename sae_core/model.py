@@ -1,6 +1,7 @@
-"""The sparse autoencoder's tensors, and the architecture that gives them meaning.
+"""The sparse autoencoder's tensors, and the interface of the architecture that gives
+them meaning (its implementations: sae_core/archs/).
 
-    f = encode(x)    (the architecture's nonlinearity: sae_core/archs/)
+    f = encode(x)    (the architecture's nonlinearity)
     x̂ = f W_dec + b_dec
 
 Tensor layout follows SAELens (W_enc [d, F], b_enc [F], W_dec [F, d], b_dec [d]) so its
@@ -9,13 +10,56 @@ users can load our weights; an architecture may register more (a threshold, say)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from sae_core.archs import Architecture
+
+class StepContext(NamedTuple):
+    step: int  # 0-based index of the step about to be taken
+    dead: torch.Tensor  # [F] bool: features silent over the dead window
+    mm_dtype: torch.dtype | None  # dtype of the dense matrix products (None: the weights')
+
+
+class StepStats(NamedTuple):
+    loss: torch.Tensor  # [] the training objective at this step
+    terms: dict[str, torch.Tensor]  # [] each: named parts of it (mse, l1_penalty, ...)
+    fired: torch.Tensor  # [F] bool: feature active on at least one token of the batch
+
+
+class Architecture(Protocol):
+    name: str  # the RunConfig `arch` value
+    saelens_architecture: str  # the `architecture` SAELens's cfg.json names it by
+
+    def init(self, d_in: int, n_features: int, generator: torch.Generator) -> SAE:
+        """A new SAE at step 0 of its recipe."""
+        ...
+
+    def gradients(self, sae: SAE, x: torch.Tensor, ctx: StepContext) -> StepStats:
+        """Set `.grad` of every parameter to the gradient of the loss on batch x [B, d]."""
+        ...
+
+    def after_step(self, sae: SAE) -> None:
+        """Constraints the recipe restores after each optimizer step."""
+        ...
+
+    def encode(self, sae: SAE, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations at inference: [B, d] -> [B, F]."""
+        ...
+
+    def held_out_terms(self, sae: SAE, f: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Sums over the tokens of f [B, F] of the terms held_out_loss needs: [] each."""
+        ...
+
+    def held_out_loss(self, metrics: dict[str, float]) -> float:
+        """The recipe's loss from per-token means of mse and held_out_terms."""
+        ...
+
+    def schedule(self, step: int) -> dict[str, float]:
+        """The scheduled coefficients at `step`, for the logs."""
+        ...
+
 
 
 class SAEOutput(NamedTuple):

@@ -21,7 +21,7 @@ from sae_core.config import RunConfig
 from sae_core.device import autocast_dtype, resolve_device
 from sae_core.errors import UserError
 from sae_core.evaluate import evaluate
-from sae_core.model import SAE
+from sae_core.model import SAE, StepContext
 from sae_core.schedule import lr_factor
 
 BatchFactory = Callable[[int], Iterator[torch.Tensor]]  # start step -> batches [B, d]
@@ -94,7 +94,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         dead = tokens_since_fired >= cfg.dead_window_tokens
-        stats = arch.gradients(sae, x, archs.StepContext(step, dead, mm_dtype))
+        stats = arch.gradients(sae, x, StepContext(step, dead, mm_dtype))
         loss = stats.loss.item()
         if not math.isfinite(loss):
             saved = checkpoint_dir is not None and checkpoint.exists(checkpoint_dir)

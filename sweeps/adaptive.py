@@ -22,41 +22,40 @@ from typing import Any
 import pandas as pd
 
 from analysis.adaptive import AdaptiveSettings, Design, Round, next_round
-from analysis.mlflow_reader import attach, read_runs
 from analysis.report import analyze
+from sae_core.compute import flops_per_feature_step
 from sae_core.errors import UserError
 from sweeps import tracking
+from sweeps.analysis_input import read_sweep_runs
 from sweeps.driver import Where, submit
-from sweeps.spec import SweepSpec, expand, size_pairs
+from sweeps.spec import SweepSpec, expand
 
-TAG_ROUND, TAG_REASON = "monoscale.adaptive_round", "monoscale.adaptive_reason"
-TAG_STOP = "monoscale.adaptive_stop"  # on the parent: why the loop ended
 LOG_NAME = "adaptive_log.json"
 
 
 def design_of(spec: SweepSpec, d_in: int) -> Design:
-    """The spec's IsoFLOP design with k = 12 d_in batch_size_tokens (METHOD.md s2)."""
+    """The spec's IsoFLOP design with k = 12 d_in batch_size_tokens (sae_core/compute.py)."""
     if spec.isoflop is None:
         raise UserError(f"adaptive: sweep '{spec.name}' needs an isoflop: design "
                         "(budgets x n_features) to adapt")
     return Design(tuple(spec.isoflop.compute_flops), tuple(spec.isoflop.n_features),
-                  12.0 * d_in * spec.batch_size_tokens)
+                  flops_per_feature_step(d_in, spec.batch_size_tokens))
 
 
 def earlier_additions(target: tracking.TrackingTarget) -> dict[tuple[int, int], tuple[int, str]]:
     """(F, steps) -> (round, reason) of the finished runs an earlier round added."""
     out: dict[tuple[int, int], tuple[int, str]] = {}
     for run in tracking.child_runs(target):
-        tags, params = run.data.tags, run.data.params
-        if TAG_ROUND in tags and run.info.status == "FINISHED":
-            pair = (int(params["n_features"]), int(params["n_steps"]))
-            out[pair] = (int(tags[TAG_ROUND]), tags.get(TAG_REASON, ""))
+        if tracking.TAG_ROUND in run.tags and run.finished:
+            pair = (int(run.params["n_features"]), int(run.params["n_steps"]))
+            out[pair] = (int(run.tags[tracking.TAG_ROUND]),
+                         run.tags.get(tracking.TAG_REASON, ""))
     return out
 
 
 def with_points(spec: SweepSpec, d_in: int, added: list[tuple[int, int]]) -> SweepSpec:
     """The spec with explicit (F, steps) points: the design's pairs, then the additions."""
-    pairs = list(dict.fromkeys([*size_pairs(spec, d_in), *added]))
+    pairs = list(dict.fromkeys([*spec.size_pairs(d_in), *added]))
     floor = min(spec.isoflop.compute_flops) if spec.isoflop else spec.branch_floor_flops
     return replace(spec, sizes=tuple(pairs), isoflop=None, branch_floor_flops=floor)
 
@@ -70,9 +69,9 @@ def tag_additions(target: tracking.TrackingTarget, spec: SweepSpec, d_in: int,
     n = 0
     for key, reason in keys.items():
         for run in tracking.child_runs(target, key):
-            if run.info.status == "FINISHED" and TAG_ROUND not in run.data.tags:
-                tracking.set_tags(target.uri, run.info.run_id,
-                                  {TAG_ROUND: str(round_index), TAG_REASON: reason})
+            if run.finished and tracking.TAG_ROUND not in run.tags:
+                tracking.set_tags(target.uri, run.run_id, {tracking.TAG_ROUND: str(round_index),
+                                                           tracking.TAG_REASON: reason})
                 n += 1
     return n
 
@@ -92,7 +91,7 @@ def _log_round(target: tracking.TrackingTarget, log_path: Path, record: dict[str
     history.append(record)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text(json.dumps(history, indent=1))
-    attach(target.uri, target.parent_run_id, log_path.parent, "adaptive")
+    tracking.attach(target.uri, target.parent_run_id, log_path.parent, "adaptive")
 
 
 def _fits(runs: pd.DataFrame, spec: SweepSpec, d_in: int, design: Design,
@@ -145,12 +144,12 @@ def _rounds(spec: SweepSpec, settings: AdaptiveSettings, where: Where, address: 
     log_path = where.storage_dir / "runs" / spec.name / "adaptive" / LOG_NAME
     previous: Round | None = None
     while True:
-        runs = read_runs(where.tracking_uri, spec.name)
+        runs = read_sweep_runs(spec.name, where.tracking_uri)
         fits = _fits(runs, spec, d_in, design, settings)
         result = next_round(runs, design, settings, fits, previous, round_index)
         _log_round(target, log_path, result.log_record(round_index))
         if result.stop:
-            tracking.set_tags(target.uri, target.parent_run_id, {TAG_STOP: result.stop})
+            tracking.set_tags(target.uri, target.parent_run_id, {tracking.TAG_STOP: result.stop})
             return 0
         derived = with_points(spec, d_in, [*added, *((a.n_features, a.n_steps)
                                                      for a in result.additions)])

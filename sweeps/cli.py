@@ -1,12 +1,13 @@
 """`monoscale`: one entry point; each area registers its own subcommands.
 
     cache, train              sae_core/cli.py
-    analyze, plan, plan-lr    analysis/cli.py
+    analyze, plan, plan-lr    sweeps/analysis_commands.py
     submit, resume, status,   sweeps/commands.py
     ui
     demo                      sweeps/demo.py
 
-Each area adds its parsers with `add_commands(subparsers)` (the demo: `add_command`) and
+Each area adds its parsers with `add_commands(subparsers)` (the demo: `add_command`, given
+`main` to run its steps) and
 imports heavy modules (torch, ray, mlflow) inside its handlers, so `monoscale --help`
 stays fast.
 """
@@ -21,10 +22,9 @@ from sae_core.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from analysis import cli as analysis_cli
     from sae_core import cli as core_cli
+    from sweeps import analysis_commands, demo
     from sweeps import commands as sweep_cli
-    from sweeps import demo
 
     parser = argparse.ArgumentParser(
         prog="monoscale",
@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     core_cli.add_commands(sub)
     sweep_cli.add_commands(sub)
-    analysis_cli.add_commands(sub)
-    demo.add_command(sub)
+    analysis_commands.add_commands(sub)
+    demo.add_command(sub, run=main)
     return parser
 
 

@@ -16,8 +16,10 @@ picks up where it stopped when run again.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sae_core.errors import UserError
@@ -27,7 +29,8 @@ DEMO_SPEC = Path(__file__).with_name("demo.yaml")
 EXTRAPOLATION = 4.0
 
 
-def add_command(sub: argparse._SubParsersAction) -> None:
+def add_command(sub: argparse._SubParsersAction, run: Callable[[Sequence[str]], int]) -> None:
+    """Register `demo`; `run` runs one monoscale command line (sweeps/cli.py's main)."""
     demo = sub.add_parser(
         "demo",
         help="the whole method on the embedded MiniLM default: stage 1, fits, stage 2 (LR), "
@@ -43,12 +46,11 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--extrapolate", type=float, default=EXTRAPOLATION, metavar="X",
                       help="plan the large run at X times the top stage-1 budget (default 4)")
     demo.add_argument("--draws", type=int, default=200, help="bootstrap draws per analysis")
-    demo.set_defaults(func=run_demo)
+    demo.set_defaults(func=functools.partial(run_demo, run=run))
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace, run: Callable[[Sequence[str]], int]) -> int:
     from cluster.local import ray_session
-    from sweeps.cli import main
 
     if not args.extrapolate > 0:
         raise UserError(f"--extrapolate must be positive, got {args.extrapolate}")
@@ -63,7 +65,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     def step(title: str, argv: list[str]) -> None:
         print(f"\n== monoscale demo: {title}\n   monoscale {' '.join(argv)}", flush=True)
-        code = main(argv)
+        code = run(argv)
         if code != 0:
             raise SystemExit(code)
 

@@ -13,7 +13,6 @@ Where things live (`--storage DIR`, default `./.monoscale` under the working dir
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -104,7 +103,7 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
             return _search(spec, configs, target, ctx, options)
         if todo and spec.branching:
             from sae_core.branching import branched_compute_flops, families
-            from sweeps.trial import run_family_trial
+            from sweeps.family_trial import run_family_trial
 
             left = {c.run_key for c in todo}  # a family runs while any member is unfinished
             todo_families = [f for f in families(configs)
@@ -150,15 +149,16 @@ def _search(spec: SweepSpec, points: list[RunConfig], target: tracking.TrackingT
     return 0 if sum(n_done) == n_trials else 1
 
 
-def search_trials_done(runs: list, point_key: str) -> list[tuple[float, float]]:
+def search_trials_done(runs: list[tracking.RunRecord], point_key: str
+                       ) -> list[tuple[float, float]]:
     """(lr, loss) of the FINISHED search trials of the grid point `point_key`."""
-    return [(float(r.data.params["lr"]), r.data.metrics["loss"]) for r in runs
-            if r.info.status == "FINISHED" and r.data.tags.get(tracking.TAG_POINT) == point_key
-            and "loss" in r.data.metrics]
+    return [(float(r.params["lr"]), r.metrics["loss"]) for r in runs
+            if r.finished and r.tags.get(tracking.TAG_POINT) == point_key
+            and "loss" in r.metrics]
 
 
-def _state(best: dict, key: str) -> str:
-    return best[key].info.status if key in best else "MISSING"
+def _state(best: dict[str, tracking.RunRecord], key: str) -> str:
+    return best[key].status if key in best else "MISSING"
 
 
 def audit(spec: SweepSpec, configs: list[RunConfig], target: tracking.TrackingTarget) -> int:
@@ -166,15 +166,14 @@ def audit(spec: SweepSpec, configs: list[RunConfig], target: tracking.TrackingTa
     runs = tracking.child_runs(target)
     finished: dict[str, int] = {}
     for run in runs:
-        if run.info.status == "FINISHED":
-            key = run.data.tags.get(tracking.TAG_KEY, "")
-            finished[key] = finished.get(key, 0) + 1
+        if run.finished:
+            finished[run.run_key or ""] = finished.get(run.run_key or "", 0) + 1
     best = tracking.best_run_per_key(runs)
     missing = [c for c in configs if c.run_key not in finished]
     doubled = [k for k, n in finished.items() if n > 1]
     for c in missing:
         latest = best.get(c.run_key)
-        why = (f"{latest.info.status}: {latest.data.tags.get(tracking.TAG_FAILURE, '')}"
+        why = (f"{latest.status}: {latest.tags.get(tracking.TAG_FAILURE, '')}"
                if latest else "never ran")
         print(f"[{spec.name}] not finished: {c.run_key} F={c.n_features} "
               f"steps={c.n_steps} lr={c.lr:g} ({why})", flush=True)
@@ -200,20 +199,9 @@ def status(spec: SweepSpec, where: Where) -> str:
     known = {c.run_key for c in configs}
     for key, run in best.items():  # search trials, or points the spec no longer has
         if key not in known:
-            fields = {k: v for k, v in run.data.params.items() if k in RunConfig.__annotations__}
+            fields = {k: v for k, v in run.params.items() if k in RunConfig.__annotations__}
             try:
-                configs.append(RunConfig.from_dict(_typed(fields)))
+                configs.append(RunConfig.from_dict(fields))
             except (UserError, TypeError, ValueError):
                 continue
     return format_table(configs, states)
-
-
-def _typed(params: dict[str, str]) -> dict[str, object]:
-    """MLflow params are strings; RunConfig wants its field types back."""
-    out: dict[str, object] = {}
-    for key, text in params.items():
-        try:
-            out[key] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key] = None if text == "None" else text
-    return out

@@ -27,6 +27,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ray import tune
+
 from sae_core import checkpoint
 from sae_core.branching import Branch, Family, families
 from sae_core.config import RunConfig
@@ -43,10 +45,14 @@ def family_of(trunk_key: str, configs: dict[str, dict[str, Any]]) -> Family:
     raise KeyError(f"no family of this sweep has the trunk {trunk_key}")
 
 
+def run_family_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """One Tune trial per family of a branched sweep."""
+    tune.report(run_family(config, ctx))
+
+
 def run_family(config: dict[str, Any], ctx: TrialContext) -> dict[str, float]:
-    """Inside one Tune trial (trial.run_family_trial): the unfinished members of
-    one family, trunk first. Returns the last member's result for Tune to record, or
-    {"diverged": 1} when any member diverged."""
+    """The unfinished members of one family, trunk first. Returns the last member's
+    result for Tune to record, or {"diverged": 1} when any member diverged."""
     family = family_of(config["run_key"], ctx.configs)
     runs_dir = Path(ctx.runs_dir)
     todo = [b for b in family.branches if not _finished(b.cfg, ctx)]
@@ -73,7 +79,7 @@ def run_family(config: dict[str, Any], ctx: TrialContext) -> dict[str, float]:
 def _finished(cfg: RunConfig, ctx: TrialContext) -> bool:
     """True when the member has a FINISHED run; else marks its dead attempts KILLED."""
     earlier = child_runs(ctx.target, cfg.run_key)
-    if any(r.info.status == "FINISHED" for r in earlier):
+    if any(r.finished for r in earlier):
         return True
     mark_killed(ctx.target, earlier, "left running by an earlier attempt that died")
     return False

@@ -1,4 +1,5 @@
-"""Stage 3 (METHOD.md section 2): the sweep that trains the run `monoscale plan` planned.
+"""Stage 3 (docs/METHOD.md section 2): the sweep that trains the run `monoscale plan`
+planned.
 
 `monoscale submit SPEC --plan PLAN.json` keeps SPEC's cache, base and resources and
 replaces its grid with the planned (F, steps, lr); the sweep is named `<name>-plan`, and
@@ -19,6 +20,7 @@ from sae_core.errors import UserError
 from sweeps.cache_setup import planned_d_in
 from sweeps.spec import RUN_FIELDS, SIZE_AXES, SweepSpec
 from sweeps.spec_values import SpecError, check_mapping, parse_run_field
+from sweeps.tracking import plan_tags
 
 
 def with_plan(spec: SweepSpec, plan: Mapping[str, Any]) -> SweepSpec:
@@ -57,8 +59,5 @@ def planned_sweep(spec: SweepSpec, path: Path) -> tuple[SweepSpec, dict[str, str
     if d_in is not None and d_in != planned_d_in(spec):
         raise UserError(f"--plan {path}: planned for d_in={d_in}, the cache has "
                         f"d_in={planned_d_in(spec)}")
-    tags = {f"monoscale.{k}": json.dumps(plan[k]) for k in
-            ("predicted_loss", "predicted_loss_pi95", "predicted_loss_ci95", "compute_flops")
-            if k in plan}
-    return planned, tags
+    return planned, plan_tags(plan)
 

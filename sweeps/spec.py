@@ -109,6 +109,10 @@ class SweepSpec:
     def batch_size_tokens(self) -> int:
         return int(self.base.get("batch_size_tokens", RunConfig.batch_size_tokens))
 
+    def size_pairs(self, d_in: int) -> list[tuple[int, int]]:
+        """The (F, steps) pairs of the grid (sweeps/spec_sizes.py)."""
+        return size_pairs(self.sizes, self.isoflop, d_in, self.batch_size_tokens)
+
 
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a spec file. Relative paths in it are relative to its directory."""
@@ -162,6 +166,11 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         raise SpecError("grid.batch_size_tokens: not with isoflop, whose steps per budget "
                         "are set by base.batch_size_tokens")
     search = _parse_search(data.get("search"), axes)
+    adaptive = parse_adaptive(data.get("adaptive"), isoflop is not None, search is not None)
+    several = [k for k in axes if k not in SIZE_AXES and k != "seed"]
+    if adaptive is not None and several:  # each value would be its own law (analysis/groups.py)
+        raise SpecError(f"adaptive: adapts the grid of one law; grid.{several[0]} makes one "
+                        "law per value: submit one spec per value")
     branching = parse_bool(data.get("branching", False), "branching")
     if branching and search is not None:
         raise SpecError("branching: not with search (each lr trial is its own run)")
@@ -169,7 +178,7 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         name=name, path=path, cache=cache_spec, base=MappingProxyType(dict(base)),
         axes=tuple((k, v) for k, v in axes.items() if k not in SIZE_AXES),
         sizes=sizes, isoflop=isoflop, search=search,
-        adaptive=parse_adaptive(data.get("adaptive"), isoflop is not None, search is not None),
+        adaptive=adaptive,
         resources=_parse_resources(data.get("resources") or {}),
         stage=positive_int(data.get("stage", 1), "stage"),
         max_concurrent_trials=positive_int(data.get("max_concurrent_trials", 2),
@@ -224,7 +233,7 @@ def expand(spec: SweepSpec, d_in: int) -> list[RunConfig]:
         raise SpecError(f"d_in must be positive, got {d_in}")
     names = [name for name, _ in spec.axes]
     configs: dict[str, RunConfig] = {}
-    for n_features, n_steps in size_pairs(spec, d_in):
+    for n_features, n_steps in spec.size_pairs(d_in):
         for values in itertools.product(*(v for _, v in spec.axes)):
             cfg = RunConfig(cache_dir=str(spec.cache.path), d_in=d_in, n_features=n_features,
                             n_steps=n_steps, **{**spec.base, **dict(zip(names, values, strict=True))})

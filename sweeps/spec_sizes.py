@@ -1,17 +1,15 @@
 """How a spec gives its (F, steps) pairs: a grid's cross product, explicit `points`, or
-`isoflop` budgets with widths, whose steps follow from C = 6 * 2 d F * steps * batch."""
+`isoflop` budgets with widths, whose steps follow from the budget (sae_core/compute.py)."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sae_core.compute import flops_per_feature_step, steps_for_budget
 from sweeps.spec_values import SpecError, check_keys, check_mapping, parse_axis, parse_run_field
-
-if TYPE_CHECKING:
-    from sweeps.spec import SweepSpec
 
 SIZE_AXES = ("n_features", "n_steps")
 
@@ -58,19 +56,22 @@ def parse_sizes(data: Mapping[str, Any], axes: dict[str, tuple[Any, ...]]
 
 
 def isoflop_steps(budget: float, d_in: int, n_features: int, batch_size_tokens: int) -> int:
-    """The steps that spend `budget` at width F: C / (12 d F batch), rounded (METHOD.md s2)."""
-    return round(budget / (12 * d_in * n_features * batch_size_tokens))
+    """The steps that spend `budget` at width F."""
+    return round(steps_for_budget(budget, n_features,
+                                  flops_per_feature_step(d_in, batch_size_tokens)))
 
 
-def size_pairs(spec: SweepSpec, d_in: int) -> list[tuple[int, int]]:
-    """The (F, steps) pairs; IsoFLOP: steps = C / (12 d F batch) rounded (METHOD.md s2)."""
-    if spec.sizes is not None:
-        return list(spec.sizes)
-    assert spec.isoflop is not None
+def size_pairs(sizes: tuple[tuple[int, int], ...] | None, isoflop: IsoflopSpec | None,
+               d_in: int, batch_size_tokens: int) -> list[tuple[int, int]]:
+    """The (F, steps) pairs: the explicit ones, or each IsoFLOP budget's widths with the
+    steps that spend it."""
+    if sizes is not None:
+        return list(sizes)
+    assert isoflop is not None
     pairs = []
-    for budget in spec.isoflop.compute_flops:
-        for n_features in spec.isoflop.n_features:
-            n_steps = isoflop_steps(budget, d_in, n_features, spec.batch_size_tokens)
+    for budget in isoflop.compute_flops:
+        for n_features in isoflop.n_features:
+            n_steps = isoflop_steps(budget, d_in, n_features, batch_size_tokens)
             if n_steps < 1:
                 raise SpecError(f"isoflop: budget {budget:.3g} FLOPs at n_features="
                                 f"{n_features} (d_in={d_in}) gives under one step")

@@ -1,43 +1,57 @@
-"""MLflow, and only here: the sweep's store, its parent run, one child run per grid point.
+"""MLflow, and only here: the one adapter that writes a sweep's runs and reads them back.
 
 Layout in MLflow: one experiment per sweep name; one parent run tagged
 `monoscale.role=sweep`; one child run per attempt at a grid point, tagged
-`mlflow.parentRunId`, `monoscale.sweep`, `monoscale.run_key`, `monoscale.stage`. A grid
-point is done when it has a FINISHED child; FAILED/KILLED children stay as history.
-Logging is batched (log_batch): single log_metric calls cost ~4 ms each on SQLite
-(ECOSYSTEM.md), and trials log from inside themselves, never through the driver.
+`mlflow.parentRunId`, `monoscale.sweep`, `monoscale.run_key`, `monoscale.stage`, with every
+RunConfig field as a param, the loss curves as step metrics and the final held-out
+metrics. A grid point is done when it has a FINISHED child; FAILED/KILLED children stay
+as history. Runs are read back as `RunRecord`s carrying every param (typed again), metric
+and tag, so nothing a run records is dropped on the way to the analysis.
+
+Logging is batched (log_batch): single log_metric calls cost ~4 ms each on SQLite, and
+trials log from inside themselves, never through the driver (docs/METHOD.md section 5).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 
 from sae_core.config import RunConfig
 from sae_core.errors import UserError
 
+# Every tag monoscale writes, named once.
+TAG_PARENT = "mlflow.parentRunId"
+TAG_ROLE = "monoscale.role"  # "sweep" on a sweep's parent run
 TAG_SWEEP, TAG_KEY, TAG_STAGE = "monoscale.sweep", "monoscale.run_key", "monoscale.stage"
-TAG_ROLE, TAG_FAILURE = "monoscale.role", "monoscale.failure"
+TAG_SPEC = "monoscale.spec"  # the parent: the spec file it was submitted from
+TAG_FAILURE = "monoscale.failure"
 TAG_RESUMED = "monoscale.resumed_from_step"
 TAG_BRANCH_OF = "monoscale.branch_of"  # a branched member: the run_key of its trunk
 TAG_NODE = "monoscale.ray_node_id"  # the Ray node that trained the run
 TAG_POINT = "monoscale.point_key"  # a search trial: the run_key of its (F, steps) point
-TAG_PARENT = "mlflow.parentRunId"
+TAG_ROUND = "monoscale.adaptive_round"  # a run an adaptive round added ...
+TAG_REASON = "monoscale.adaptive_reason"  # ... and why
+TAG_STOP = "monoscale.adaptive_stop"  # the parent: why the adaptive loop ended
+PLAN_FIELDS = ("predicted_loss", "predicted_loss_pi95", "predicted_loss_ci95", "compute_flops")
 _STATE_RANK = {"FINISHED": 0, "RUNNING": 1, "SCHEDULED": 1, "FAILED": 2, "KILLED": 3}
 
 
+# ---- the store ------------------------------------------------------------------------
 def default_tracking_uri(storage_dir: Path) -> str:
     """The embedded store: one SQLite file (MLflow 3.17 refuses a bare ./mlruns)."""
     return f"sqlite:///{(storage_dir / 'mlflow.db').resolve()}"
@@ -56,22 +70,11 @@ def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
-@dataclass(frozen=True)
-class TrackingTarget:
-    """Where a sweep logs; small and picklable, so trials receive it."""
-
-    uri: str
-    experiment_id: str
-    parent_run_id: str
-    sweep: str
-    stage: int
-
-
 def prepare_store(uri: str) -> None:
     """Create a new local store's schema on the driver before any trial: two trials
-    migrating a fresh SQLite schema at once raced (ECOSYSTEM.md). A new SQLite store is a
-    copy of an empty, migrated one kept per MLflow version in the user's cache (MLflow's
-    migrations took 2.4 s of CPU here, while Ray starts on the same cores); its Default
+    migrating a fresh SQLite schema at once raced (docs/METHOD.md section 5). A new SQLite
+    store is a copy of an empty, migrated one kept per MLflow version in the user's cache
+    (MLflow's migrations took 2.4 s of CPU while Ray starts on the same cores); its Default
     experiment, which monoscale never uses, points where the template was made. Creates
     no experiment and no run."""
     # The schema-migration chatter of a new SQLite store is not news to the user.
@@ -117,6 +120,29 @@ def _copy_atomically(source: Path, dest: Path) -> None:
         partial.unlink()
 
 
+def _no_store(uri: str) -> bool:
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
+
+
+# ---- a sweep: its experiment and parent run -------------------------------------------
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where a sweep logs; small and picklable, so trials receive it."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep: str
+    stage: int
+
+
+def _parent(client: MlflowClient, experiment_id: str, sweep: str) -> Run | None:
+    parents = client.search_runs(
+        [experiment_id], f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP}` = '{sweep}'",
+        order_by=["attributes.start_time ASC"], max_results=1)
+    return parents[0] if parents else None
+
+
 def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,
                spec_path: Path, extra_tags: dict[str, str] | None = None) -> TrackingTarget:
     """The experiment and the sweep's parent run (found again by its tag on a re-submit),
@@ -131,15 +157,13 @@ def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,
         experiment_id = experiment.experiment_id
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment_id)
-    parents = client.search_runs(
-        [experiment_id], f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP}` = '{sweep}'",
-        order_by=["attributes.start_time ASC"], max_results=1)
-    if parents:
-        parent_id = parents[0].info.run_id
+    parent = _parent(client, experiment_id, sweep)
+    if parent is not None:
+        parent_id = parent.info.run_id
         client.update_run(parent_id, status="RUNNING")  # a re-submit reopens it
     else:
         tags = {TAG_ROLE: "sweep", TAG_SWEEP: sweep, TAG_STAGE: str(stage),
-                "monoscale.spec": str(spec_path)}
+                TAG_SPEC: str(spec_path)}
         parent_id = client.create_run(experiment_id, tags=tags, run_name=sweep).info.run_id
     if extra_tags:
         client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in extra_tags.items()])
@@ -159,59 +183,146 @@ def close_sweep(target: TrackingTarget, n_points: int, n_finished: int,
 
 def find_sweep(uri: str, sweep: str) -> TrackingTarget | None:
     """The sweep's target if it was ever submitted to this store; creates nothing."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+    if _no_store(uri):
         return None
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(sweep)
-    if experiment is None:
+    parent = _parent(client, experiment.experiment_id, sweep) if experiment else None
+    if experiment is None or parent is None:
         return None
-    parents = client.search_runs(
-        [experiment.experiment_id], f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP}` = "
-        f"'{sweep}'", order_by=["attributes.start_time ASC"], max_results=1)
-    if not parents:
-        return None
-    stage = int(parents[0].data.tags.get(TAG_STAGE, "1"))
-    return TrackingTarget(uri, experiment.experiment_id, parents[0].info.run_id, sweep, stage)
+    stage = int(parent.data.tags.get(TAG_STAGE, "1"))
+    return TrackingTarget(uri, experiment.experiment_id, parent.info.run_id, sweep, stage)
 
 
-def child_runs(target: TrackingTarget, run_key: str | None = None) -> list[Run]:
-    """Every child run of the sweep (or of one grid point), newest first."""
-    query = f"tags.`{TAG_PARENT}` = '{target.parent_run_id}'"
-    if run_key is not None:
-        query += f" and tags.`{TAG_KEY}` = '{run_key}'"
-    client, token = MlflowClient(target.uri), None
-    runs: list[Run] = []
+def plan_tags(plan: Mapping[str, Any]) -> dict[str, str]:
+    """A plan's prediction as tags of the parent run that trains it (`submit --plan`)."""
+    return {f"monoscale.{k}": json.dumps(plan[k]) for k in PLAN_FIELDS if k in plan}
+
+
+# ---- reading runs back ----------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run as monoscale reads it: every param (typed back), metric and tag."""
+
+    run_id: str
+    status: str
+    start_time_ms: int
+    end_time_ms: int | None
+    params: Mapping[str, Any]
+    metrics: Mapping[str, float]  # the latest value of each
+    tags: Mapping[str, str]
+
+    @property
+    def run_key(self) -> str | None:
+        return self.tags.get(TAG_KEY)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "FINISHED"
+
+
+def _typed(text: str) -> Any:
+    """MLflow params are strings: give back the value that was logged (str() of it)."""
+    if text in ("None", "True", "False"):
+        return {"None": None, "True": True, "False": False}[text]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _record(run: Run) -> RunRecord:
+    return RunRecord(run.info.run_id, run.info.status, run.info.start_time,
+                     run.info.end_time, {k: _typed(v) for k, v in run.data.params.items()},
+                     dict(run.data.metrics), dict(run.data.tags))
+
+
+def _search(client: MlflowClient, experiment_ids: list[str], query: str) -> list[RunRecord]:
+    """Every run matching `query`, newest first."""
+    runs: list[RunRecord] = []
+    token = None
     while True:
-        page = client.search_runs([target.experiment_id], query, max_results=1000,
-                                  order_by=["attributes.start_time DESC"], page_token=token)
-        runs.extend(page)
+        page = client.search_runs(experiment_ids, query, max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time DESC"])
+        runs += [_record(r) for r in page]
         token = page.token
         if not token:
             return runs
 
 
-def best_run_per_key(runs: Iterable[Run]) -> dict[str, Run]:
+def child_runs(target: TrackingTarget, run_key: str | None = None) -> list[RunRecord]:
+    """Every child run of the sweep (or of one grid point), newest first."""
+    query = f"tags.`{TAG_PARENT}` = '{target.parent_run_id}'"
+    if run_key is not None:
+        query += f" and tags.`{TAG_KEY}` = '{run_key}'"
+    return _search(MlflowClient(target.uri), [target.experiment_id], query)
+
+
+def best_run_per_key(runs: Iterable[RunRecord]) -> dict[str, RunRecord]:
     """One run per run_key: FINISHED before RUNNING before FAILED before KILLED."""
-    best: dict[str, Run] = {}
+    best: dict[str, RunRecord] = {}
     for run in runs:  # newest first, so ties keep the newest
-        key = run.data.tags.get(TAG_KEY)
+        key = run.run_key
         if key is None:
             continue
-        rank = _STATE_RANK.get(run.info.status, 9)
-        if key not in best or rank < _STATE_RANK.get(best[key].info.status, 9):
+        rank = _STATE_RANK.get(run.status, 9)
+        if key not in best or rank < _STATE_RANK.get(best[key].status, 9):
             best[key] = run
     return best
 
 
-def mark_killed(target: TrackingTarget, runs: Iterable[Run], reason: str) -> int:
+def finished_runs(uri: str, sweep: str) -> list[RunRecord]:
+    """The newest FINISHED child run of each grid point of a sweep, in any experiment
+    (a sweep logged elsewhere than one experiment per sweep is still found)."""
+    if _no_store(uri):
+        raise UserError(f"no MLflow store at {uri}: submit the sweep first or pass --tracking-uri")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(sweep)
+    ids = [experiment.experiment_id] if experiment else [
+        e.experiment_id for e in client.search_experiments()]
+    query = f"tags.`{TAG_SWEEP}` = '{sweep}' and attributes.status = 'FINISHED'"
+    runs = [r for r in _search(client, ids, query) if r.tags.get(TAG_ROLE) != "sweep"]
+    return list(best_run_per_key(runs).values())
+
+
+def runs_table(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """The runs table the analysis reads (docs/CONTRACTS.md): one row per run with every
+    param and metric, its run_key and stage; by compute. Where a metric has a param's name
+    (`lr`, the schedule's last value), the param is the run's config and wins."""
+    rows = [{"run_id": r.run_id, **r.metrics, **r.params, "run_key": r.run_key,
+             "stage": r.tags.get(TAG_STAGE)} for r in records]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values(["compute_flops", "n_features"]).reset_index(drop=True)
+
+
+def run_summary(run: RunRecord) -> dict[str, Any]:
+    """State and final loss of a run, for `monoscale status`."""
+    return {"state": run.status, "loss": run.metrics.get("loss"),
+            "failure": run.tags.get(TAG_FAILURE, "")}
+
+
+# ---- writing runs ---------------------------------------------------------------------
+def mark_killed(target: TrackingTarget, runs: Iterable[RunRecord], reason: str) -> int:
     """End runs left RUNNING by a killed driver or worker; returns how many."""
     client, count = MlflowClient(target.uri), 0
     for run in runs:
-        if run.info.status in ("RUNNING", "SCHEDULED"):
-            client.set_tag(run.info.run_id, TAG_FAILURE, reason)
-            client.set_terminated(run.info.run_id, "KILLED")
+        if run.status in ("RUNNING", "SCHEDULED"):
+            client.set_tag(run.run_id, TAG_FAILURE, reason)
+            client.set_terminated(run.run_id, "KILLED")
             count += 1
     return count
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Tags on an existing run (the adaptive loop marks the runs it added, and its parent)."""
+    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
+
+
+def attach(uri: str, run_id: str, directory: str | Path, artifact_path: str) -> None:
+    """Every file of `directory` (fits.json, plots, a log) as artifacts of a run."""
+    MlflowClient(uri).log_artifacts(run_id, str(directory), artifact_path)
 
 
 class MetricsBuffer:
@@ -263,7 +374,7 @@ class ChildRun:
         for path in artifacts:
             if path.exists():
                 self.client.log_artifact(self.run_id, str(path))
-        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
+        self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self, reason: str) -> None:
         try:
@@ -271,14 +382,3 @@ class ChildRun:
         finally:
             self.client.log_batch(self.run_id, tags=[RunTag(TAG_FAILURE, reason[:4000])])
             self.client.set_terminated(self.run_id, "FAILED")
-
-
-def run_summary(run: Run) -> dict[str, Any]:
-    """State and final loss of a run, for `monoscale status`."""
-    return {"state": run.info.status, "loss": run.data.metrics.get("loss"),
-            "failure": run.data.tags.get(TAG_FAILURE, "")}
-
-
-def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
-    """Tags on an existing run (the adaptive loop marks the runs it added, and its parent)."""
-    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])

@@ -1,5 +1,5 @@
-"""Inside a Tune trial: one grid point (run_trial) or one branched family
-(run_family_trial), each run in its own MLflow child run.
+"""Inside a Tune trial: one grid point (run_trial) in its own MLflow child run, and what a
+branched family's trial (sweeps/family_trial.py) shares with it.
 
 The trial receives one grid point's RunConfig (by run_key) and a small `TrialContext`,
 opens its own MLflow child run (tracking.py), trains with `run_from_cache`, and reports
@@ -51,9 +51,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tags = {TAG_POINT: config["point_key"]}
     cfg = with_trial_resources(cfg, ctx)
     earlier = child_runs(ctx.target, cfg.run_key)
-    finished = [r for r in earlier if r.info.status == "FINISHED"]
+    finished = [r for r in earlier if r.finished]
     if finished:  # a restored Tune trial whose run a previous driver saw finish
-        tune.report({"loss": finished[0].data.metrics.get("loss", float("nan")),
+        tune.report({"loss": finished[0].metrics.get("loss", float("nan")),
                      "skipped": 1.0})
         return
     # Only this trial runs this grid point now: a RUNNING run of it is a dead attempt.
@@ -62,13 +62,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     resumed_from_step = restore_checkpoint(tune.get_checkpoint(), out_dir)
     metrics = train_member(cfg, ctx, out_dir, resumed_from_step, extra_tags=tags)
     tune.report(metrics if metrics is not None else {"diverged": 1.0})
-
-
-def run_family_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """One Tune trial per family of a branched sweep (sweeps/family_trial.py)."""
-    from sweeps.family_trial import run_family
-
-    tune.report(run_family(config, ctx))
 
 
 def with_trial_resources(cfg: RunConfig, ctx: TrialContext) -> RunConfig:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from planted_runs import isoflop_runs
 
 from analysis.adaptive import AdaptiveSettings, Design, Round, next_round, stopped_shrinking
 from analysis.parametric import ParametricFit
 from analysis.report import analyze
-from analysis.synthetic import isoflop_runs
 
 # The truth of tests/test_fit_synthetic.py: F_opt ~500, 870, 1430, 2480 at these budgets.
 D_IN, BATCH = 64, 256

@@ -11,9 +11,10 @@ import pytest
 
 from analysis.adaptive import AdaptiveSettings
 from sweeps import tracking
-from sweeps.adaptive import LOG_NAME, TAG_REASON, TAG_ROUND, TAG_STOP, run_adaptive
+from sweeps.adaptive import LOG_NAME, run_adaptive
 from sweeps.driver import Where
 from sweeps.spec import load_spec
+from sweeps.tracking import TAG_REASON, TAG_ROUND, TAG_STOP
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
@@ -36,8 +37,8 @@ max_concurrent_trials: 2
     target = tracking.find_sweep(where.tracking_uri, "t")
     assert target is not None
     runs = tracking.child_runs(target)
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    added = [r for r in runs if TAG_ROUND in r.data.tags]
+    assert {r.status for r in runs} == {"FINISHED"}
+    added = [r for r in runs if TAG_ROUND in r.tags]
     log = json.loads((tmp_path / "store" / "runs" / "t" / "adaptive" / LOG_NAME).read_text())
     # Three widths per budget always leave the curvature undetermined (one midpoint) or the
     # minimum on an edge (one or two widths beyond): every addition is a tagged child run.
@@ -45,11 +46,11 @@ max_concurrent_trials: 2
     assert len(runs) == 6 + len(added) and len(added) == len(log[0]["additions"])
     design_widths = {16, 32, 64}
     for run in added:
-        assert run.data.tags[TAG_ROUND] == "1"
-        assert run.data.tags[tracking.TAG_PARENT] == target.parent_run_id
-        assert int(run.data.params["n_features"]) not in design_widths
+        assert run.tags[TAG_ROUND] == "1"
+        assert run.tags[tracking.TAG_PARENT] == target.parent_run_id
+        assert int(run.params["n_features"]) not in design_widths
         reasons = {a["reason"] for a in log[0]["additions"]}
-        assert run.data.tags[TAG_REASON] in reasons
+        assert run.tags[TAG_REASON] in reasons
 
     assert [r["round"] for r in log] == [1, 2]
     assert log[1]["stop"].startswith("max_rounds")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from planted_runs import isoflop_runs, lr_runs
 
 from analysis.isoflop import assign_budgets
 from analysis.parametric import ParametricFit
-from analysis.synthetic import isoflop_runs, lr_runs
 from sweeps.cli import main
 from sweeps.spec import load_spec
 
@@ -151,3 +151,28 @@ def test_predicted_against_achieved_picks_the_run_of_the_planned_lr() -> None:
     report = check_plan(plan, runs)
     assert report is not None and report["achieved_loss"] == 146.9
     assert check_plan({**plan, "lr": 1e-2}, runs) is None
+
+
+def test_a_plan_carries_the_specs_numbers_as_numbers(synthetic_csv: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    """`l1_coefficient: 2e0` in a spec is the number 2 (the spec reader's YAML, where
+    plain YAML 1.1 reads a string): the plan carries 2.0, and `submit --plan` takes it."""
+    out = tmp_path / "out"
+    assert run_cli("analyze", "--runs-csv", synthetic_csv, "--out", out, "--draws", "0") == 0
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "meta.json").write_text("{}")
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ncache: {path: cache}\n"
+                    "base: {lr: 1e-3, batch_size_tokens: 256, l1_coefficient: 2e0}\n"
+                    "grid: {n_features: [256, 1024], n_steps: [100]}\n")
+    plan_path = tmp_path / "plan.json"
+    assert run_cli("plan", spec, "--fits", out / "fits.json", "--compute", "1e13",
+                   "--out", plan_path) == 0
+    plan = json.loads(plan_path.read_text())
+    assert plan["run_config"]["l1_coefficient"] == 2.0
+    capsys.readouterr()
+    from sweeps.planned_run import with_plan
+
+    planned = with_plan(load_spec(spec), plan)
+    assert planned.base["l1_coefficient"] == 2.0 and planned.sizes == (
+        (plan["n_features"], plan["n_steps"]),)

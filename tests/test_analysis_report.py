@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from planted_runs import isoflop_runs
 
 from analysis.parametric import ParametricFit
 from analysis.report import analyze
-from analysis.synthetic import isoflop_runs
 
 D_IN, BATCH = 64, 256
 K = 12 * D_IN * BATCH

@@ -171,21 +171,21 @@ branching: true
     assert submit(spec, where) == 0
     target = tracking.find_sweep(where.tracking_uri, "b")
     assert target is not None
-    runs = {int(r.data.params["n_steps"]): r for r in tracking.child_runs(target)}
-    assert sorted(runs) == [30, 60, 120] and {r.info.status for r in runs.values()} == {
+    runs = {int(r.params["n_steps"]): r for r in tracking.child_runs(target)}
+    assert sorted(runs) == [30, 60, 120] and {r.status for r in runs.values()} == {
         "FINISHED"}
-    trunk_key = runs[120].data.tags[tracking.TAG_KEY]
-    assert tracking.TAG_BRANCH_OF not in runs[120].data.tags
+    trunk_key = runs[120].tags[tracking.TAG_KEY]
+    assert tracking.TAG_BRANCH_OF not in runs[120].tags
     spent = {}
     for n_steps, run in runs.items():
         compute_flops = 12 * 32 * 32 * n_steps * 256
-        assert float(run.data.params["compute_flops"]) == compute_flops  # C(F, S)
-        assert run.data.params["l1_warmup_steps"] == "2"  # round(0.05 * 30)
-        spent[n_steps] = run.data.metrics["compute_flops_spent"]
+        assert float(run.params["compute_flops"]) == compute_flops  # C(F, S)
+        assert run.params["l1_warmup_steps"] == 2  # round(0.05 * 30)
+        spent[n_steps] = run.metrics["compute_flops_spent"]
         if n_steps < 120:
-            assert run.data.tags[tracking.TAG_BRANCH_OF] == trunk_key
+            assert run.tags[tracking.TAG_BRANCH_OF] == trunk_key
             decay_start = n_steps - round(0.2 * n_steps)
-            assert run.data.tags[tracking.TAG_RESUMED] == str(decay_start)  # its fork
+            assert run.tags[tracking.TAG_RESUMED] == str(decay_start)  # its fork
             assert spent[n_steps] == pytest.approx(compute_flops * (n_steps - decay_start)
                                                    / n_steps)
     assert spent[120] == 12 * 32 * 32 * 120 * 256
@@ -194,7 +194,7 @@ branching: true
     # a branch equals an independent run of its config (one thread, as in the trial)
     branch = family.branches[0].cfg
     alone = run_from_cache(branch.replace(num_threads=1), tmp_path / "alone")
-    assert runs[30].data.metrics["loss"] == pytest.approx(alone["loss"], rel=1e-5)
+    assert runs[30].metrics["loss"] == pytest.approx(alone["loss"], rel=1e-5)
 
     capsys.readouterr()
     assert submit(spec, where) == 0
@@ -203,11 +203,11 @@ branching: true
 
     # A lost branch, its trunk finished: it runs again alone, from step 0 (its fork
     # checkpoint was removed when it finished), at its full compute and the same loss.
-    mlflow.MlflowClient(where.tracking_uri).set_terminated(runs[60].info.run_id, "FAILED")
+    mlflow.MlflowClient(where.tracking_uri).set_terminated(runs[60].run_id, "FAILED")
     assert submit(spec, where) == 0
-    again = [r for r in tracking.child_runs(target, runs[60].data.tags[tracking.TAG_KEY])
-             if r.info.status == "FINISHED"]
+    again = [r for r in tracking.child_runs(target, runs[60].tags[tracking.TAG_KEY])
+             if r.status == "FINISHED"]
     assert len(again) == 1 and len(tracking.child_runs(target)) == 4
-    assert again[0].data.metrics["compute_flops_spent"] == 12 * 32 * 32 * 60 * 256
-    assert again[0].data.metrics["loss"] == pytest.approx(runs[60].data.metrics["loss"],
+    assert again[0].metrics["compute_flops_spent"] == 12 * 32 * 32 * 60 * 256
+    assert again[0].metrics["loss"] == pytest.approx(runs[60].metrics["loss"],
                                                           rel=1e-5)

@@ -173,14 +173,14 @@ def test_smoke_sweep_runs_on_both_nodes(two_node_cluster: tuple[str, dict[str, s
     target = tracking.find_sweep(tracking_uri, spec.name)
     assert target is not None
     runs = tracking.child_runs(target)
-    assert sorted(r.data.tags[tracking.TAG_KEY] for r in runs) == sorted(keys)
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.tags[tracking.TAG_KEY] for r in runs) == sorted(keys)
+    assert {r.status for r in runs} == {"FINISHED"}
     client = MlflowClient(tracking_uri)
-    assert all("loss" in client.get_run(r.info.run_id).data.metrics for r in runs)
+    assert all("loss" in client.get_run(r.run_id).data.metrics for r in runs)
 
     # Which node ran each grid point: the trial tags its run with its Ray node id.
     cluster = _inspect(address, env, n_nodes=2)
-    node_of_key = {r.data.tags[tracking.TAG_KEY]: r.data.tags[tracking.TAG_NODE] for r in runs}
+    node_of_key = {r.tags[tracking.TAG_KEY]: r.tags[tracking.TAG_NODE] for r in runs}
     assert set(node_of_key) == keys
     head = next(n["id"] for n in cluster["nodes"] if "node2" not in n["resources"])
     node2 = next(n["id"] for n in cluster["nodes"] if "node2" in n["resources"])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from planted_runs import lr_runs
 
 from analysis.frontier import budget_frontier, lower_convex_hull, pareto_frontier
 from analysis.isoflop import assign_budgets, fit_isoflop
 from analysis.lr_law import fit_lr_law, fit_lr_optima, lr_groups
 from analysis.powerlaw import fit_offset_power_law, fit_power_law
-from analysis.synthetic import lr_runs
 from sae_core.errors import UserError
 
 

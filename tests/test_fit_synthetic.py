@@ -7,13 +7,13 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import pytest
+from planted_runs import isoflop_runs
 
 from analysis.bootstrap import bootstrap_draws, interval
 from analysis.isoflop import assign_budgets
 from analysis.parametric import ParametricFit, fit_parametric
 from analysis.plan import plan_run
 from analysis.report import analyze
-from analysis.synthetic import isoflop_runs
 
 # An SAE-sized truth: d=64, batch 256 tokens, F_opt from ~500 to ~2500 over the budgets.
 D_IN, BATCH = 64, 256

@@ -5,10 +5,9 @@ density, in double, fp32 and with bf16 matrix products."""
 import pytest
 import torch
 
-from sae_core.archs import StepContext, StepStats
 from sae_core.archs.relu import SPARSE_MAX_DENSITY, ReLU, active_fraction
 from sae_core.loss import relu_loss
-from sae_core.model import SAE
+from sae_core.model import SAE, StepContext, StepStats
 
 # Encoder bias mean -> fraction of active entries of f at d=16, F=64, decoder_norm=0.5
 # (pre-activations have std ≈ 0.5): ~0.5, ~0.1, ~0.002, exactly 0.

@@ -51,29 +51,29 @@ def test_sweep_logs_every_point_and_resubmit_runs_nothing(tmp_path: Path, synthe
 
     client = mlflow.MlflowClient(where.tracking_uri)
     runs = children(where)
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
-    by_size = {(int(r.data.params["n_features"]), int(r.data.params["n_steps"])): r for r in runs}
+    assert len(runs) == 4 and {r.status for r in runs} == {"FINISHED"}
+    by_size = {(int(r.params["n_features"]), int(r.params["n_steps"])): r for r in runs}
     assert set(by_size) == {(32, 40), (32, 80), (64, 40), (64, 80)}
     for (n_features, n_steps), run in by_size.items():
-        assert float(run.data.params["lr"]) == 3e-3
-        assert float(run.data.params["compute_flops"]) == 12 * 32 * n_features * n_steps * 256
-        assert run.data.tags["monoscale.sweep"] == "t"
-        assert len(run.data.tags["monoscale.run_key"]) == 16
-        metrics = run.data.metrics
+        assert float(run.params["lr"]) == 3e-3
+        assert float(run.params["compute_flops"]) == 12 * 32 * n_features * n_steps * 256
+        assert run.tags["monoscale.sweep"] == "t"
+        assert len(run.tags["monoscale.run_key"]) == 16
+        metrics = run.metrics
         assert {"loss", "mse", "l0", "explained_variance", "dead_fraction"} <= set(metrics)
         # the held-out loss is MSE + 5 x the L1 penalty (METHOD.md), as the trainer logged it
         assert metrics["loss"] == pytest.approx(metrics["mse"] + 5 * metrics["l1_penalty"],
                                                 rel=1e-4)
         assert 0 < metrics["explained_variance"] < 1
-        history = client.get_metric_history(run.info.run_id, "train/loss")
+        history = client.get_metric_history(run.run_id, "train/loss")
         assert [m.step for m in history][-1] == n_steps and len(history) >= 5
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        artifacts = {a.path for a in client.list_artifacts(run.run_id)}
         assert "cfg.json" in artifacts
-        cfg = json.loads(Path(client.download_artifacts(run.info.run_id, "cfg.json",
+        cfg = json.loads(Path(client.download_artifacts(run.run_id, "cfg.json",
                                                         str(tmp_path))).read_text())
         assert cfg["n_features"] == n_features
     # more steps at the same width never hurt here
-    assert by_size[(64, 80)].data.metrics["loss"] < by_size[(64, 40)].data.metrics["loss"]
+    assert by_size[(64, 80)].metrics["loss"] < by_size[(64, 40)].metrics["loss"]
 
     capsys.readouterr()
     assert submit(spec, where) == 0
@@ -92,18 +92,18 @@ def test_failing_trial_resumes_from_checkpoint_and_diverging_one_fails_alone(
     where = Where.resolve(str(tmp_path / "store"), None)
     assert submit(spec, where) == 1  # one grid point has no FINISHED run
     runs = children(where)
-    good = [r for r in runs if float(r.data.params["lr"]) == 3e-3]
-    failed = [r for r in good if r.info.status == "FAILED"]
-    finished = [r for r in good if r.info.status == "FINISHED"]
-    assert len(failed) == 1 and FAIL_ONCE_ENV in failed[0].data.tags["monoscale.failure"]
+    good = [r for r in runs if float(r.params["lr"]) == 3e-3]
+    failed = [r for r in good if r.status == "FAILED"]
+    finished = [r for r in good if r.status == "FINISHED"]
+    assert len(failed) == 1 and FAIL_ONCE_ENV in failed[0].tags["monoscale.failure"]
     assert len(finished) == 1
     # Tune retried it from the first checkpoint (step 20), not from scratch
-    assert finished[0].data.tags[tracking.TAG_RESUMED] == "20"
-    assert finished[0].data.metrics["step"] == 60
+    assert finished[0].tags[tracking.TAG_RESUMED] == "20"
+    assert finished[0].metrics["step"] == 60
 
-    diverged = [r for r in runs if float(r.data.params["lr"]) == 1e30]
-    assert [r.info.status for r in diverged] == ["FAILED"]  # not retried: deterministic
-    assert diverged[0].data.tags["monoscale.failure"].startswith("diverged")
+    diverged = [r for r in runs if float(r.params["lr"]) == 1e30]
+    assert [r.status for r in diverged] == ["FAILED"]  # not retried: deterministic
+    assert diverged[0].tags["monoscale.failure"].startswith("diverged")
 
 
 def test_lr_search_runs_n_trials_per_point_in_range_and_resubmit_adds_none(
@@ -122,12 +122,12 @@ search: {{range: [1e-4, 1e-2], n_trials: 2}}
     where = Where.resolve(str(tmp_path / "store"), None)
     assert submit(load_spec(spec_path), where) == 0
     runs = children(where)
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    for lam in ("1.0", "5.0"):
-        point = [r for r in runs if r.data.params["l1_coefficient"] == lam]
-        lrs = sorted(float(r.data.params["lr"]) for r in point)
+    assert {r.status for r in runs} == {"FINISHED"}
+    for lam in (1.0, 5.0):
+        point = [r for r in runs if r.params["l1_coefficient"] == lam]
+        lrs = sorted(float(r.params["lr"]) for r in point)
         assert len(lrs) == len(set(lrs)) == 2 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
-        assert len({r.data.tags[tracking.TAG_POINT] for r in point}) == 1
+        assert len({r.tags[tracking.TAG_POINT] for r in point}) == 1
     target = tracking.find_sweep(where.tracking_uri, "t")
     assert target is not None
     parent = mlflow.MlflowClient(where.tracking_uri).get_run(target.parent_run_id)
@@ -167,8 +167,8 @@ def test_driver_killed_mid_sweep_then_resumed_finishes_each_point_once(
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.3)
             if "to run" in log.read_text():  # the driver has created the store
-                finished_before = [r.info.run_id for r in children(where)
-                                   if r.info.status == "FINISHED"]
+                finished_before = [r.run_id for r in children(where)
+                                   if r.status == "FINISHED"]
         driver.kill()  # SIGKILL: no cleanup of any kind
         driver.wait()
     finally:
@@ -177,10 +177,10 @@ def test_driver_killed_mid_sweep_then_resumed_finishes_each_point_once(
     spec = load_spec(spec_path)
     assert submit(spec, where) == 0
     runs = children(where)
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    keys = [r.data.tags["monoscale.run_key"] for r in finished]
+    finished = [r for r in runs if r.status == "FINISHED"]
+    keys = [r.tags["monoscale.run_key"] for r in finished]
     assert len(keys) == len(set(keys)) == 4  # exactly one FINISHED run per grid point
-    assert set(finished_before) <= {r.info.run_id for r in finished}  # never re-run
-    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert set(finished_before) <= {r.run_id for r in finished}  # never re-run
+    assert not [r for r in runs if r.status == "RUNNING"]
     # the resumed experiment is recorded as ended, so the next submit starts a fresh one
     assert json.loads((store / "tune" / "t.monoscale.json").read_text())["done"]

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from sae_core import loss
-from sae_core.archs import StepContext, StepStats
 from sae_core.device import matmul_autocast
 from sae_core.kernels import ActiveSet, encoder_values, sparse_decode
-from sae_core.model import SAE
+from sae_core.model import SAE, StepContext, StepStats
 from sae_core.schedule import warmup_factor
 
 # Above this fraction of active (token, feature) entries the dense path is faster.

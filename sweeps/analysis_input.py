@@ -1,4 +1,5 @@
-"""Where the analysis CLI gets its runs: a CSV file, or a sweep spec's runs in MLflow."""
+"""Where `analyze`, `plan` and `plan-lr` get their runs: a sweep spec's runs in MLflow
+(sweeps/tracking.py), or a runs table as CSV (docs/CONTRACTS.md)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from sae_core.errors import UserError
+from sweeps import tracking
+from sweeps.driver import Where
+from sweeps.spec import load_spec
+from sweeps.spec_values import read_yaml
 
 
 @dataclass(frozen=True)
@@ -18,31 +22,21 @@ class SweepInfo:
 
     name: str
     path: Path
-    raw: dict[str, Any]  # the YAML as written (carried into the stage-2 spec)
+    raw: dict[str, Any]  # the YAML as written, read as specs are (carried into stage 2)
     batch_size_tokens: int | None = None
     budgets: list[float] | None = None  # the spec's isoflop budgets, when it has them
 
 
 def load_sweep(path: str | Path) -> SweepInfo:
-    """Read a spec with sweeps.spec.load_spec (validated), keeping its raw YAML too."""
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise UserError(f"no sweep spec at {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({err})") from err
-    from sweeps.spec import load_spec  # validates; raises UserError on a bad spec
-
-    spec = load_spec(path)
+    """A spec, validated (sweeps/spec.py), with its YAML as written."""
+    spec = load_spec(path)  # a UserError names what is wrong with it
+    raw = read_yaml(spec.path)  # the spec's reader: `2e0` is a number, as in the spec
     budgets = list(spec.isoflop.compute_flops) if spec.isoflop is not None else None
-    return SweepInfo(spec.name, path, raw, spec.batch_size_tokens, budgets)
+    return SweepInfo(spec.name, spec.path, raw, spec.batch_size_tokens, budgets)
 
 
 def tracking_uri(storage: str | None, uri: str | None) -> str:
     """The sweeps' own default: sqlite:///<storage or .monoscale>/mlflow.db."""
-    from sweeps.driver import Where
-
     return Where.resolve(storage, uri).tracking_uri
 
 
@@ -56,10 +50,12 @@ def read_csv(path: str | Path) -> pd.DataFrame:
         raise UserError(f"{path}: cannot read as CSV ({err})") from err
 
 
-def read_sweep_runs(sweep: SweepInfo, uri: str) -> pd.DataFrame:
-    from analysis.mlflow_reader import read_runs
-
-    return read_runs(uri, sweep.name)
+def read_sweep_runs(name: str, uri: str) -> pd.DataFrame:
+    """The runs table of a sweep's finished runs, newest per grid point."""
+    records = tracking.finished_runs(uri, name)
+    if not records:
+        raise UserError(f"no finished runs of sweep '{name}' in {uri}: submit it first")
+    return tracking.runs_table(records)
 
 
 def shared_value(runs: pd.DataFrame, column: str) -> int | None:

@@ -1,4 +1,4 @@
-"""Runs drawn from a known law, for tests and demos that need answers known in advance.
+"""Runs drawn from a known law, for the tests that need answers known in advance.
 
 Stage 1: an IsoFLOP design (METHOD.md s2: several widths at each of a few budgets,
 bracketing the optimum) with losses from L(F, S) = E + A/F^alpha + B/S^beta times

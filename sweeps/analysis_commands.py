@@ -1,7 +1,10 @@
-"""`monoscale analyze`, `monoscale plan`, `monoscale plan-lr` (issue 4).
+"""`monoscale analyze`, `monoscale plan`, `monoscale plan-lr`: the analysis (analysis/)
+on a sweep's runs (sweeps/analysis_input.py).
 
-Heavy modules (pandas, scipy, matplotlib, mlflow) are imported inside the handlers so that
-`monoscale --help` stays fast. Every output is written atomically (outputs.py).
+Runs whose configs differ in more than the law's axes are fitted as separate laws
+(analysis/groups.py): `analyze` then writes one directory per group. Heavy modules
+(pandas, scipy, matplotlib, mlflow) are imported inside the handlers so that `monoscale
+--help` stays fast. Every output is written atomically (analysis/outputs.py).
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def _load_runs(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     """(runs DataFrame, SweepInfo | None, tracking URI | None) from SPEC or --runs-csv."""
     import pandas as pd
 
-    from analysis import inputs
+    from sweeps import analysis_input as inputs
 
     if bool(args.spec) == bool(args.runs_csv):
         raise UserError("give a sweep SPEC or --runs-csv FILE (one of them)")
@@ -80,21 +83,21 @@ def _load_runs(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     else:
         sweep = inputs.load_sweep(args.spec)
         uri = inputs.tracking_uri(args.storage, args.tracking_uri)
-        runs = inputs.read_sweep_runs(sweep, uri)
+        runs = inputs.read_sweep_runs(sweep.name, uri)
     extra = []
     if getattr(args, "lr_runs_csv", None):
         extra.append(inputs.read_csv(args.lr_runs_csv))
     if getattr(args, "lr_spec", None):
         lr_uri = uri or inputs.tracking_uri(args.storage, args.tracking_uri)
-        extra.append(inputs.read_sweep_runs(inputs.load_sweep(args.lr_spec), lr_uri))
+        extra.append(inputs.read_sweep_runs(inputs.load_sweep(args.lr_spec).name, lr_uri))
     if extra:
         runs = pd.concat([runs, *extra], ignore_index=True)
     return runs, sweep, uri
 
 
 def _fit(args: argparse.Namespace, runs: Any, sweep: Any, n_draws: int = 200) -> dict[str, Any]:
-    from analysis.inputs import shared_value
     from analysis.report import analyze
+    from sweeps.analysis_input import shared_value
 
     batch = getattr(args, "batch_size_tokens", None) or shared_value(runs, "batch_size_tokens") or (
         sweep.batch_size_tokens if sweep else None)
@@ -110,37 +113,51 @@ def _fit(args: argparse.Namespace, runs: Any, sweep: Any, n_draws: int = 200) ->
 
 def _analyze(args: argparse.Namespace) -> int:
     from analysis import plots
+    from analysis.groups import group_runs, label
     from analysis.outputs import write_analysis_dir
-    from analysis.report import prepare_runs
+    from analysis.report import format_summary, prepare_runs
 
     if args.draws < 0:
         raise UserError(f"--draws must be >= 0, got {args.draws}")
     runs, sweep, uri = _load_runs(args)
-    planned = None
+    planned = planned_row = None
     if args.plan:
-        planned, runs = _check_plan(Path(args.plan), runs, sweep, uri)
-    fits = _fit(args, runs, sweep, args.draws)
-    if planned is not None:
-        fits["planned_run"] = planned
-    figures = plots.all_figures(prepare_runs(runs, fits["batch_size_tokens"]), fits)
-    out = write_analysis_dir(args.out, fits, figures)
-    from analysis.report import format_summary
-
-    print(format_summary(fits))
-    print(f"wrote {out}/fits.json and {len(figures)} plots (PNG + SVG)")
+        planned, runs, planned_row = _check_plan(Path(args.plan), runs, sweep, uri)
+    groups = group_runs(runs)
+    if len(groups) > 1:
+        print(f"runs differ in {', '.join(groups[0][0])}: {len(groups)} laws, fitted apart "
+              "(one directory each)")
+    parts, lines = {}, []
+    for config, members in groups:
+        fits = _fit(args, members, sweep, args.draws)
+        fits["group"] = config
+        if planned is not None and planned_row is not None and all(
+                planned_row.get(k) == v for k, v in config.items()):
+            fits["planned_run"] = planned
+        name = label(config)
+        figures = plots.all_figures(prepare_runs(members, fits["batch_size_tokens"]), fits)
+        parts[name] = (fits, figures)
+        lines += ([f"== {name} ({len(members)} runs)"] if name else []) + [format_summary(fits)]
+    out = write_analysis_dir(args.out, parts)
+    print("\n".join(lines))
+    n_plots = sum(len(figures) for _, figures in parts.values())
+    where = f"{out}/fits.json" if len(parts) == 1 else f"{len(parts)} directories in {out}"
+    print(f"wrote {where} and {n_plots} plots (PNG + SVG)")
     if sweep is not None and uri is not None and not args.no_attach:
-        from analysis.mlflow_reader import attach, sweep_parent_run_id
+        from sweeps import tracking
 
-        parent = sweep_parent_run_id(uri, sweep.name)
-        if parent:
-            attach(uri, parent, out)
-            print(f"attached to MLflow run {parent} (artifacts/analysis)")
+        target = tracking.find_sweep(uri, sweep.name)
+        if target is not None:
+            tracking.attach(uri, target.parent_run_id, out, "analysis")
+            print(f"attached to MLflow run {target.parent_run_id} (artifacts/analysis)")
     return 0
 
 
-def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None) -> tuple[dict[str, Any], Any]:
-    """(predicted-vs-achieved report, runs without the planned run). The planned run is
-    looked for among the runs, then in the sweep `<name>-plan` that `submit --plan` fills."""
+def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None
+                ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """(predicted-vs-achieved report, runs without the planned run, the planned run's
+    row). The planned run is looked for among the runs, then in the sweep `<name>-plan`
+    that `submit --plan` fills."""
     import pandas as pd
 
     from analysis.plan import check_plan, is_planned_run
@@ -148,10 +165,11 @@ def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None) -> tuple[dic
     plan = _read_json(path, "plan")
     candidates = runs
     if sweep is not None and uri is not None:
-        from analysis.mlflow_reader import read_runs
+        from sweeps.analysis_input import read_sweep_runs
 
         try:
-            candidates = pd.concat([runs, read_runs(uri, f"{sweep.name}-plan")], ignore_index=True)
+            candidates = pd.concat([runs, read_sweep_runs(f"{sweep.name}-plan", uri)],
+                                   ignore_index=True)
         except UserError:
             pass  # not trained yet: reported below
     report = check_plan(plan, candidates) if {"n_features", "n_steps"} <= set(runs.columns) else None
@@ -159,15 +177,22 @@ def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None) -> tuple[dic
         raise UserError(f"no run with n_features={plan.get('n_features')} and n_steps="
                         f"{plan.get('n_steps')} among the runs: train the plan first "
                         "(monoscale submit SPEC --plan PLAN.json)")
-    return report, runs[~is_planned_run(plan, runs)]
+    row = candidates[is_planned_run(plan, candidates)].iloc[-1].to_dict()
+    return report, runs[~is_planned_run(plan, runs)], row
 
 
 def _fits_or_analyze(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """(fits, SweepInfo | None): --fits (with SPEC for its cache and base), else analyze."""
-    from analysis import inputs
+    from analysis.groups import group_runs, label
+    from sweeps import analysis_input as inputs
 
     if not args.fits:
         runs, sweep, _ = _load_runs(args)
+        groups = group_runs(runs)
+        if len(groups) > 1:
+            names = ", ".join(label(config) for config, _ in groups)
+            raise UserError(f"the runs make {len(groups)} laws ({names}): run `monoscale "
+                            "analyze` and pass one of them with --fits DIR/<group>/fits.json")
         return _fit(args, runs, sweep), sweep
     if args.runs_csv:
         raise UserError("give --fits or --runs-csv, not both")
