@@ -1,4 +1,5 @@
-"""Trainer state on disk, and the finished SAE in the layout SAELens reads.
+"""Trainer state on disk: the weights, Adam's state, the step and the dead-feature
+counters (the finished SAE: sae_core/sae_files.py).
 
 A checkpoint is a directory written whole or not at all (written beside, then renamed),
 so a run killed while saving keeps its previous checkpoint.
@@ -6,11 +7,10 @@ so a run killed while saving keeps its previous checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -96,41 +96,11 @@ def load(
 
 
 def save_weights(path: Path, sae: SAE) -> None:
-    """W_enc [d, F], b_enc [F], W_dec [F, d], b_dec [d], fp32, in the normalised space."""
-    tensors = {name: p.detach().float().cpu().contiguous() for name, p in sae.named_parameters()}
+    """Every parameter and buffer of the SAE (its threshold too), fp32, in the normalised
+    space the trainer works in."""
+    tensors = {name: t.detach().float().cpu().contiguous() for name, t in sae.state_dict().items()}
     save_file(tensors, str(path))
 
 
 def load_weights(path: Path, sae: SAE) -> None:
-    tensors = load_file(str(path))
-    with torch.no_grad():
-        for name, p in sae.named_parameters():
-            p.copy_(tensors[name])
-
-
-def sae_lens_cfg(run_cfg: dict[str, Any], architecture: str, norm_scale: float,
-                 source: dict[str, Any]) -> dict:
-    """cfg.json: our RunConfig plus the fields SAELens's config of `architecture` reads.
-
-    Our weights live in the normalised space: multiply activations by `norm_scale`
-    before encoding (and divide reconstructions by it).
-    """
-    return {
-        **run_cfg,
-        "architecture": architecture,
-        "d_in": run_cfg["d_in"],
-        "d_sae": run_cfg["n_features"],
-        "dtype": "float32",
-        "apply_b_dec_to_input": False,
-        "normalize_activations": "none",
-        "norm_scale": norm_scale,
-        "model_name": source.get("model"),
-        "hook_name": source.get("hook_name"),
-        "hook_layer": source.get("layer"),
-    }
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = Path(path).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    sae.load_state_dict(load_file(str(path)))

@@ -57,7 +57,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--n-steps", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--batch-size-tokens", type=int)
-    train.add_argument("--l1-coefficient", type=float)
+    train.add_argument("--arch", help="relu (default) | topk | batchtopk | jumprelu | "
+                       "matryoshka_batchtopk")
+    train.add_argument("--k", type=int, help="active latents per token (the TopK family)")
+    train.add_argument("--target-l0", type=float, help="jumprelu: the L0 its penalty aims at")
+    train.add_argument("--l1-coefficient", type=float, help="relu: λ")
     train.add_argument("--seed", type=int)
     train.add_argument("--device")
     train.add_argument("--out", required=True, metavar="RUN_DIR")
@@ -94,15 +98,15 @@ def _train(args: argparse.Namespace) -> int:
     from sae_core.config import RunConfig
 
     data = _read_yaml(Path(args.config)) if args.config else {}
-    flags = ("cache_dir", "n_features", "n_steps", "lr", "batch_size_tokens",
-             "l1_coefficient", "seed", "device")
+    flags = ("cache_dir", "n_features", "n_steps", "lr", "batch_size_tokens", "arch", "k",
+             "target_l0", "l1_coefficient", "seed", "device")
     data.update({k: getattr(args, k) for k in flags if getattr(args, k) is not None})
     known = {f.name: f for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise UserError(f"unknown config key(s): {', '.join(unknown)} (RunConfig fields only)")
     for name, value in data.items():  # PyYAML reads 1e-3 (no dot) as a string
-        if known[name].type == "float" and isinstance(value, str):
+        if str(known[name].type).startswith("float") and isinstance(value, str):
             try:
                 data[name] = float(value)
             except ValueError:

@@ -1,8 +1,10 @@
 """RunConfig: everything one SAE training run receives, and nothing else.
 
-Defaults are the April-2024 recipe that "Scaling Monosemanticity" trains with
-(docs/METHOD.md section 1); values marked (lib) come from the public replications
-where the paper gives none. Derived values are properties, never stored.
+The architecture (`arch`) picks a recipe; a field left at None takes that recipe's
+default (sae_core/recipes.py, with sources), filled in at construction so that a config
+always says what it trains. The default arch is the April-2024 ReLU recipe that
+"Scaling Monosemanticity" trains with (docs/METHOD.md section 1). Derived values are
+properties, never stored.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+from sae_core import recipes
 from sae_core.compute import compute_flops, flops_per_feature_step
 from sae_core.errors import UserError
 
@@ -21,11 +24,10 @@ from sae_core.errors import UserError
 EXECUTION_FIELDS = frozenset(
     {"device", "autocast", "num_threads", "checkpoint_every_steps", "eval_every_steps", "cache_dir"}
 )
-# The SAE recipes a run can train (sae_core/archs/).
-ARCHITECTURES = ("relu",)
 # Fields added after run keys were first issued, with the value every earlier run had:
 # left out of the key at that value, so a re-submit finds the runs an older monoscale made.
-_KEY_DEFAULTS: dict[str, Any] = {"arch": "relu"}
+_KEY_DEFAULTS: dict[str, Any] = {"arch": "relu", **{name: None for name in recipes.OWNED
+                                                    if name != "l1_coefficient"}}
 
 
 class ConfigError(UserError, ValueError):
@@ -38,16 +40,33 @@ class RunConfig:
     d_in: int  # residual width; must match the cache's meta.json
     n_features: int
     n_steps: int
-    arch: str = "relu"  # sae_core/archs/: relu
-    lr: float = 5e-5  # (lib) small-scale value; swept in stage 2
+    arch: str = "relu"  # recipes.ARCHITECTURES
+    lr: float | None = None  # the recipe's; swept in stage 2
     batch_size_tokens: int = 4096  # (lib)
-    l1_coefficient: float = 5.0  # the paper's λ
-    l1_warmup_frac: float = 0.05  # λ rises linearly from 0 over the first 5% of steps
+    # relu: λ of its L1 penalty
+    l1_coefficient: float | None = None
+    # The sparsity coefficient's warm-up (relu's λ, jumprelu's L0 coefficient): it rises
+    # linearly from 0 over the first 5% of steps (the April update's).
+    l1_warmup_frac: float = 0.05
     lr_decay_frac: float = 0.2  # LR decays linearly to 0 over the last 20% of steps
-    adam_beta1: float = 0.9
+    adam_beta1: float | None = None
     adam_beta2: float = 0.999
     grad_clip_norm: float = 1.0
-    init_decoder_norm: float = 0.1  # (lib); the April update gives a range 0.05-1
+    init_decoder_norm: float | None = None  # the norm of W_dec's rows at init
+    # topk, batchtopk, matryoshka_batchtopk: active latents per token (on average over a
+    # batch for the batch ones), and the AuxK loss that revives dead latents
+    k: int | None = None
+    aux_k: int | None = None
+    aux_coefficient: float | None = None
+    threshold_rate: float | None = None  # batch ones: EMA rate of the inference threshold
+    # matryoshka_batchtopk: nested groups, as fractions of F summing to 1 or sizes summing to F
+    matryoshka_groups: tuple[float, ...] | None = None
+    # jumprelu: loss MSE + l0_coefficient · L0, or with target_l0 the quadratic
+    # l0_coefficient · (L0 / target_l0 - 1)^2 around it (SAEBench's trainer)
+    l0_coefficient: float | None = None
+    target_l0: float | None = None
+    jumprelu_bandwidth: float | None = None
+    jumprelu_init_threshold: float | None = None
     seed: int = 0
     dead_window_tokens: int = 10_000_000  # "not active over a sample of 10^7 tokens"
     eval_n_tokens: int = 65_536  # held-out tokens for the final metrics
@@ -66,35 +85,68 @@ class RunConfig:
     num_threads: int = 0
 
     def __post_init__(self) -> None:
+        if self.arch not in recipes.ARCHITECTURES:
+            raise ConfigError(f"arch must be one of {', '.join(recipes.ARCHITECTURES)}, got "
+                              f"{self.arch!r}")
+        for name, owners in recipes.OWNED.items():
+            if getattr(self, name) is not None and self.arch not in owners:
+                raise ConfigError(f"{name} does not apply to arch {self.arch} (its sparsity "
+                                  f"control is {recipes.SPARSITY_CONTROL[self.arch]})")
+        if isinstance(self.matryoshka_groups, list):  # from JSON
+            object.__setattr__(self, "matryoshka_groups", tuple(self.matryoshka_groups))
         for name in ("d_in", "n_features", "n_steps", "batch_size_tokens", "eval_n_tokens",
                      "dead_window_tokens"):
+            _check_int(name, getattr(self, name), 1)
+        for name, value in recipes.defaults(self.arch, self.d_in, self.n_features).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        for name in ("seed", "eval_every_steps", "checkpoint_every_steps", "num_threads"):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("l1_warmup_steps", "aux_k"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 0 if name == "l1_warmup_steps" else 1)
+        for name in ("lr", "grad_clip_norm", "init_decoder_norm", "jumprelu_bandwidth",
+                     "target_l0", "threshold_rate"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("seed", "eval_every_steps", "checkpoint_every_steps", "num_threads",
-                     "l1_warmup_steps"):
-            value = getattr(self, name)
-            if value is None and name == "l1_warmup_steps":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
-        for name in ("lr", "grad_clip_norm", "init_decoder_norm"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not value > 0:
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, int | float) or not value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        if not self.l1_coefficient >= 0:
-            raise ConfigError(f"l1_coefficient must be >= 0, got {self.l1_coefficient!r}")
-        for name in ("l1_warmup_frac", "lr_decay_frac"):
+        for name in ("l1_coefficient", "aux_coefficient", "l0_coefficient",
+                     "jumprelu_init_threshold"):
             value = getattr(self, name)
-            if not 0 <= value <= 1:
+            if value is not None and not (isinstance(value, int | float) and value >= 0):
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("l1_warmup_frac", "lr_decay_frac", "threshold_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
                 raise ConfigError(f"{name} must lie in [0, 1], got {value!r}")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
-        if self.arch not in ARCHITECTURES:
-            raise ConfigError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        if self.k is not None:
+            _check_int("k", self.k, 1)
+            if self.k >= self.n_features:
+                raise ConfigError(f"k must be below n_features={self.n_features}, got {self.k}")
+        if self.target_l0 is not None and self.target_l0 >= self.n_features:
+            raise ConfigError(f"target_l0 must be below n_features={self.n_features}, got "
+                              f"{self.target_l0}")
+        if self.matryoshka_groups is not None:
+            self._check_groups()
         if self.autocast not in ("auto", "bf16", "off"):
             raise ConfigError(f"autocast must be auto, bf16 or off, got {self.autocast!r}")
+
+    def _check_groups(self) -> None:
+        groups = self.matryoshka_groups or ()
+        if not groups or not all(isinstance(g, int | float) and not isinstance(g, bool)
+                                 and g > 0 for g in groups):
+            raise ConfigError(f"matryoshka_groups must be positive numbers, got {groups!r}")
+        sizes = recipes.group_sizes(groups, self.n_features)
+        as_sizes = sizes == tuple(groups)  # not fractions of F
+        if (as_sizes and not all(float(g).is_integer() for g in groups)) or sum(
+                sizes) != self.n_features or min(sizes) < 1:
+            raise ConfigError(f"matryoshka_groups {list(groups)} must be sizes summing to "
+                              f"n_features={self.n_features} or fractions summing to 1, "
+                              "each group at least one feature")
 
     # ---- derived values ------------------------------------------------------------
     @property
@@ -104,7 +156,7 @@ class RunConfig:
 
     @property
     def warmup_steps(self) -> int:
-        """Steps over which λ rises linearly from 0 to l1_coefficient."""
+        """Steps over which the sparsity coefficient rises linearly from 0."""
         if self.l1_warmup_steps is not None:
             return self.l1_warmup_steps
         return round(self.l1_warmup_frac * self.n_steps)
@@ -166,3 +218,9 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _check_int(name: str, value: Any, least: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        what = "a positive integer" if least == 1 else f"an integer >= {least}"
+        raise ConfigError(f"{name} must be {what}, got {value!r}")

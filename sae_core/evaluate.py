@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 
 from sae_core.device import matmul_autocast
-from sae_core.kernels import ActiveSet, sparse_decode
+from sae_core.kernels import SPARSE_MAX_DENSITY, ActiveSet, sparse_decode
 from sae_core.model import SAE
 
-# Decode through the active entries only below this density of f: measured on one
-# thread, d=384, F=8192, 65,536 tokens at L0 43, the final evaluation took 14.5 s dense
-# and 10.2 s so (the training step's switch, sae_core/archs/relu.py, is the same 5%).
-SPARSE_DECODE_MAX_DENSITY = 0.05
+# f is decoded through its active entries when it is sparse (kernels.SPARSE_MAX_DENSITY):
+# on one thread, d=384, F=8192, 65,536 tokens at L0 43, the final evaluation took 14.5 s
+# dense and 10.2 s so (docs/METHOD.md section 5).
 
 
 @torch.no_grad()
@@ -40,18 +39,18 @@ def evaluate(
         for name, value in sae.arch.held_out_terms(sae, f).items():
             sums[name] = sums.get(name, 0.0) + value.item()
     total_var = (x - x.mean(0)).pow(2).sum().item()
-    metrics = {"mse": sq_err / n_tokens, **{k: v / n_tokens for k, v in sums.items()}}
+    metrics = {"mse": sq_err / n_tokens, **{k: v / n_tokens for k, v in sums.items()},
+               "l0": active / n_tokens}
     return {
         "loss": sae.arch.held_out_loss(metrics),
         **metrics,
-        "l0": active / n_tokens,
         "explained_variance": 1.0 - sq_err / total_var,
     }
 
 
 def _decode(sae: SAE, f: torch.Tensor) -> torch.Tensor:
     """x̂ = f W_dec + b_dec, through f's active entries only when it is sparse."""
-    if int(torch.count_nonzero(f)) > SPARSE_DECODE_MAX_DENSITY * f.numel():
+    if int(torch.count_nonzero(f)) > SPARSE_MAX_DENSITY * f.numel():
         return sae.decode(f)  # counted first: the indices of a dense f would be huge
     mask = f != 0
     return sparse_decode(f[mask], sae.W_dec, ActiveSet.where(mask)) + sae.b_dec

@@ -25,6 +25,25 @@ from typing import Any
 import torch
 import torch.nn.functional as functional
 
+# Above this fraction of active (token, feature) entries the dense products are faster.
+# bench/step_crossover.py on a 2-core CPU (2 threads, batch 4096; bench/README.md has the
+# table): the sparse path won up to ~12% density at d=384, F=4096 but only to ~6% at
+# d=768, F=16384, where W_dec (50 MB) no longer fits in cache for the row gathers, so the
+# switch sits below both. Trained SAEs are far sparser (L0 4-18 of 512 on MiniLM,
+# docs/METHOD.md section 5).
+SPARSE_MAX_DENSITY = 0.05
+# The density is estimated on the first rows of a batch only: rows of a cache batch are
+# shuffled tokens (sae_core/cache_reader.py), and a 512-row count costs ~1/8 of a full one.
+DENSITY_SAMPLE_ROWS = 512
+
+
+def sparse_enough(pre: torch.Tensor, threshold: torch.Tensor | float = 0.0) -> bool:
+    """Whether the entries of pre [B, F] above threshold (a scalar or [F]) are few enough
+    for the sparse path, judged on the first DENSITY_SAMPLE_ROWS rows."""
+    sample = pre[:DENSITY_SAMPLE_ROWS]
+    return torch.count_nonzero(sample > threshold).item() <= SPARSE_MAX_DENSITY * max(
+        sample.numel(), 1)
+
 
 class ActiveSet:
     """The active (token, feature) entries of a batch, in row-major (CSR) order.

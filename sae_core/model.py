@@ -29,8 +29,10 @@ class StepStats(NamedTuple):
 
 
 class Architecture(Protocol):
-    name: str  # the RunConfig `arch` value
-    saelens_architecture: str  # the `architecture` SAELens's cfg.json names it by
+    @property
+    def name(self) -> str:
+        """The RunConfig `arch` value."""
+        ...
 
     def init(self, d_in: int, n_features: int, generator: torch.Generator) -> SAE:
         """A new SAE at step 0 of its recipe."""
@@ -38,6 +40,14 @@ class Architecture(Protocol):
 
     def gradients(self, sae: SAE, x: torch.Tensor, ctx: StepContext) -> StepStats:
         """Set `.grad` of every parameter to the gradient of the loss on batch x [B, d]."""
+        ...
+
+    def saelens_config(self) -> dict[str, object]:
+        """SAELens's cfg.json fields for this SAE (architecture, apply_b_dec_to_input, ...)."""
+        ...
+
+    def fit_to_data(self, sae: SAE, x: torch.Tensor) -> None:
+        """Data-dependent init from the first batch x [B, d] of a run (before step 0)."""
         ...
 
     def after_step(self, sae: SAE) -> None:
@@ -53,7 +63,7 @@ class Architecture(Protocol):
         ...
 
     def held_out_loss(self, metrics: dict[str, float]) -> float:
-        """The recipe's loss from per-token means of mse and held_out_terms."""
+        """The recipe's loss from per-token means of mse, l0 and held_out_terms."""
         ...
 
     def schedule(self, step: int) -> dict[str, float]:

@@ -1,9 +1,9 @@
 """One training run from an activation cache to files on disk (docs/CONTRACTS.md).
 
-    out_dir/checkpoint/      trainer state while the run is unfinished (removed at the end)
-    out_dir/sae.safetensors  W_enc [d, F], b_enc [F], W_dec [F, d], b_dec [d]
-    out_dir/cfg.json         RunConfig + norm_scale + SAELens fields
-    out_dir/metrics.json     the final held-out metrics
+    out_dir/checkpoint/               trainer state while the run is unfinished (removed at the end)
+    out_dir/sae_weights.safetensors   the SAE in raw model units, as SAELens reads it
+    out_dir/cfg.json                  SAELens's fields + RunConfig + norm_scale (sae_files.py)
+    out_dir/metrics.json              the final held-out metrics
 
 This is what `monoscale train` and every sweep trial call.
 """
@@ -14,10 +14,10 @@ import shutil
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from sae_core import checkpoint
 from sae_core.cache import ActivationCache, CacheError
 from sae_core.config import RunConfig
 from sae_core.device import resolve_device
+from sae_core.sae_files import save_sae, write_json
 from sae_core.trainer import MetricsLogger, train
 
 
@@ -63,10 +63,7 @@ def run_from_cache(
         fork_steps=fork_steps,
         on_fork=on_fork,
     )
-    checkpoint.save_weights(out_dir / "sae.safetensors", result.sae)
-    cfg_json = checkpoint.sae_lens_cfg(cfg.to_dict(), result.sae.arch.saelens_architecture,
-                                       cache.norm_scale, cache.meta.get("source", {}))
-    checkpoint.write_json(out_dir / "cfg.json", cfg_json)
-    checkpoint.write_json(out_dir / "metrics.json", result.metrics)
+    save_sae(out_dir, result.sae, cfg, cache.norm_scale, cache.meta.get("source", {}))
+    write_json(out_dir / "metrics.json", result.metrics)
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
     return result.metrics

@@ -8,7 +8,7 @@ Where things live (`--storage DIR`, default `./.monoscale` under the working dir
     DIR/mlflow.db                 the default tracking store (sqlite)
     DIR/mlartifacts/<sweep>/      artifacts of the sweep's experiment
     DIR/tune/<sweep>/             Ray Tune's experiment (restored after a killed driver)
-    DIR/runs/<sweep>/<run_key>/   each run's out_dir: checkpoint/, sae.safetensors, cfg.json
+    DIR/runs/<sweep>/<run_key>/   each run's out_dir: checkpoint/, sae_weights.safetensors, cfg.json
 """
 
 from __future__ import annotations

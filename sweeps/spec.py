@@ -11,7 +11,7 @@
     resources: {cpu: 1, gpu: 0}                 # per trial; fractional GPUs pack trials
     max_concurrent_trials: 2
     max_failures: 2                             # Tune retries of a crashed trial
-    log_weights: false                          # sae.safetensors as an MLflow artifact
+    log_weights: false                          # sae_weights.safetensors as an artifact
     adaptive: {max_rounds: 3, compute_cap_flops: 1e14}   # or true; off by default: rounds of
                                                 # added widths (sweeps/adaptive_spec.py)
     branching: false                            # runs differing only in steps share a trunk
@@ -33,7 +33,7 @@ from typing import Any
 
 from analysis.adaptive import AdaptiveSettings
 from sae_core.branching import with_shared_warmup
-from sae_core.config import RunConfig
+from sae_core.config import ConfigError, RunConfig
 from sweeps.adaptive_spec import parse_adaptive
 from sweeps.spec_sizes import SIZE_AXES, IsoflopSpec, isoflop_steps, parse_sizes, size_pairs
 from sweeps.spec_values import (
@@ -174,7 +174,7 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
     branching = parse_bool(data.get("branching", False), "branching")
     if branching and search is not None:
         raise SpecError("branching: not with search (each lr trial is its own run)")
-    return SweepSpec(
+    spec = SweepSpec(
         name=name, path=path, cache=cache_spec, base=MappingProxyType(dict(base)),
         axes=tuple((k, v) for k, v in axes.items() if k not in SIZE_AXES),
         sizes=sizes, isoflop=isoflop, search=search,
@@ -187,6 +187,26 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         log_weights=parse_bool(data.get("log_weights", False), "log_weights"),
         branching=branching,
     )
+    _check_run_settings(spec)
+    return spec
+
+
+def _check_run_settings(spec: SweepSpec) -> None:
+    """Every width with every combination of base and axes as a RunConfig, before a cache
+    or a run exists: a field the arch does not read (k for relu), k >= F, Matryoshka
+    groups that miss F are refused here, naming the grid point."""
+    widths = sorted({f for f, _ in spec.sizes} if spec.sizes else set(
+        spec.isoflop.n_features if spec.isoflop else ()))
+    names = [name for name, _ in spec.axes]
+    for n_features in widths:
+        for values in itertools.product(*(v for _, v in spec.axes)):
+            point = dict(zip(names, values, strict=True))
+            try:  # d_in is the cache's, not known yet: any width serves these checks
+                RunConfig(cache_dir="-", d_in=64, n_features=n_features, n_steps=1,
+                          **{**spec.base, **point})
+            except ConfigError as err:
+                at = ", ".join(f"{k}={v}" for k, v in {"n_features": n_features, **point}.items())
+                raise SpecError(f"base/grid at {at}: {err}") from None
 
 
 def _parse_search(search: Any, axes: dict[str, tuple[Any, ...]]) -> SearchSpec | None:

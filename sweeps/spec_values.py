@@ -92,6 +92,10 @@ def parse_run_field(name: str, type_name: str, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise SpecError(f"{where}: must be a string, got {value!r}")
         return value
+    if base_type.startswith("tuple["):  # a list of positive numbers (matryoshka_groups)
+        if not isinstance(value, list | tuple) or not value:
+            raise SpecError(f"{where}: must be a non-empty list of numbers, got {value!r}")
+        return tuple(parse_number(v, f"{where}[{i}]") for i, v in enumerate(value))
     raise SpecError(f"{where}: field of type {type_name} cannot be set from a spec")
 
 

@@ -221,6 +221,11 @@ class RunRecord:
         return self.status == "FINISHED"
 
 
+def _param(value: Any) -> str:
+    """A param as text that _typed reads back: str() of scalars, JSON of a tuple."""
+    return json.dumps(list(value)) if isinstance(value, tuple | list) else str(value)
+
+
 def _typed(text: str) -> Any:
     """MLflow params are strings: give back the value that was logged (str() of it)."""
     if text in ("None", "True", "False"):
@@ -365,7 +370,7 @@ class ChildRun:
                                              run_name=name).info.run_id
         params = {**cfg.to_dict(), "compute_flops": cfg.compute_flops, "n_tokens": cfg.n_tokens,
                   **(extra_params or {})}
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_batch(self.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
         self.metrics = MetricsBuffer(self.client, self.run_id)
 
     def finish(self, artifacts: Iterable[Path]) -> None:

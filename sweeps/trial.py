@@ -21,6 +21,7 @@ import ray
 from ray import tune
 
 from sae_core.config import RunConfig
+from sae_core.sae_files import WEIGHTS_FILE
 from sweeps.tracking import TAG_NODE, TAG_POINT, ChildRun, TrackingTarget, child_runs, mark_killed
 
 # Test hook: a trial on its first attempt raises right after its first checkpoint, so
@@ -113,7 +114,7 @@ def train_member(cfg: RunConfig, ctx: TrialContext, out_dir: Path, resumed_from_
         run.fail(f"{type(err).__name__}: {err}")
         raise
     run.metrics.log({"compute_flops_spent": spent}, step=cfg.n_steps)
-    weights = [out_dir / "sae.safetensors"] if ctx.log_weights else []
+    weights = [out_dir / WEIGHTS_FILE] if ctx.log_weights else []
     run.finish([out_dir / "cfg.json", out_dir / "metrics.json", *weights])
     return metrics
 

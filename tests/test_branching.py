@@ -96,7 +96,7 @@ def test_isoflop_families_take_the_smallest_budgets_warmup_so_additions_keep_key
 
 
 def _weights(out_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out_dir / "sae.safetensors"))
+    return load_file(str(out_dir / "sae_weights.safetensors"))
 
 
 def test_forked_branch_reproduces_an_independent_run(tmp_path: Path,

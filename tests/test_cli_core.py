@@ -128,6 +128,22 @@ def test_train_prints_final_metrics_as_one_json_line(synthetic_cache: Path, tmp_
                 "tokens_per_s"):
         assert key in metrics
     assert metrics["compute_flops"] == 12 * 32 * 64 * 40 * 512  # C = 12 d F T, d from meta
-    saved = json.loads((out / "cfg.json").read_text())
+    saved = json.loads((out / "cfg.json").read_text())["monoscale"]["run_config"]
     assert (saved["n_features"], saved["seed"], saved["lr"]) == (64, 3, 1e-3)
-    assert (out / "sae.safetensors").exists()
+    assert (out / "sae_weights.safetensors").exists()
+
+
+def test_train_any_architecture_from_flags(synthetic_cache: Path, tmp_path: Path,
+                                           capsys) -> None:
+    """`monoscale train --arch topk --k 4`: exactly 4 latents per token at inference."""
+    out = tmp_path / "topk"
+    assert monoscale(["train", "--cache", str(synthetic_cache), "--n-features", "64",
+                      "--n-steps", "30", "--arch", "topk", "--k", "4", "--out", str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 3.0 < metrics["l0"] <= 4.0  # k per token, fewer where a top value is <= 0
+    saved = json.loads((out / "cfg.json").read_text())
+    assert (saved["architecture"], saved["k"]) == ("topk", 4)
+    assert monoscale(["train", "--cache", str(synthetic_cache), "--n-features", "64",
+                      "--n-steps", "30", "--k", "4", "--out", str(tmp_path / "bad")]) == 2
+    assert "k does not apply to arch relu" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -5,7 +5,8 @@ density, in double, fp32 and with bf16 matrix products."""
 import pytest
 import torch
 
-from sae_core.archs.relu import SPARSE_MAX_DENSITY, ReLU, active_fraction
+from sae_core.archs.relu import ReLU
+from sae_core.kernels import SPARSE_MAX_DENSITY, sparse_enough
 from sae_core.loss import relu_loss
 from sae_core.model import SAE, StepContext, StepStats
 
@@ -68,7 +69,7 @@ def test_sparse_path_matches_dense_in_fp32(bias: float) -> None:
     dense = step(sae, x, "dense")
     dense_grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
     sparse = step(sae, x, "sparse")
-    assert 0 < active_fraction(sae.encode(x)) < 0.05
+    assert 0 < (sae.encode(x) > 0).float().mean() < 0.05
     torch.testing.assert_close(sparse.loss, dense.loss)
     for name in ("mse", "l1_penalty"):
         torch.testing.assert_close(sparse.terms[name], dense.terms[name], msg=name)
@@ -110,11 +111,14 @@ def test_auto_picks_the_path_by_measured_density(monkeypatch: pytest.MonkeyPatch
     assert chosen == ["sparse"]
 
 
-def test_active_fraction_counts_positive_entries() -> None:
+def test_the_density_test_counts_entries_above_the_threshold() -> None:
     pre = torch.full((600, 100), -1.0)
-    pre[:, :3] = 2.0  # 3 of 100 features on every token
+    pre[:, :5] = 2.0  # 5 of 100 features on every token: at the switch
     pre[0, 50] = 0.0  # exactly 0 is inactive, as in ReLU
-    assert active_fraction(pre) == pytest.approx(0.03)
+    assert sparse_enough(pre) and not sparse_enough(pre.add(0.5))  # the 0 becomes 0.5 > 0
+    assert sparse_enough(pre, torch.full((100,), 3.0))  # a threshold per feature
+    pre[1, 60] = 1.0  # one more entry in the 512 sampled rows: over 5%
+    assert not sparse_enough(pre)
     assert 0 < SPARSE_MAX_DENSITY < 0.5
 
 

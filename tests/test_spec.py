@@ -175,3 +175,44 @@ def test_plan_narrows_the_spec_to_the_planned_run(tmp_path: Path) -> None:
     assert (cfg.n_features, cfg.n_steps, cfg.lr, cfg.batch_size_tokens) == (4096, 900, 2e-3, 256)
     with pytest.raises(UserError, match="^plan.n_steps: missing"):
         with_plan(spec, {"n_features": 8})
+
+
+def test_arch_and_its_sparsity_control_as_grid_axes(tmp_path: Path) -> None:
+    """arch and k as axes: a run per combination the recipes allow, each with its own
+    recipe's defaults (relu's λ = 5; topk's lr prior 2e-4 / sqrt(F / 2^14))."""
+    spec = load_spec(write_spec(tmp_path, """
+name: t
+cache: {path: caches/t}
+base: {batch_size_tokens: 256}
+grid: {n_features: [1024], n_steps: [10], arch: [topk, batchtopk], k: [8, 16]}
+"""))
+    configs = expand(spec, D_IN)
+    assert [(c.arch, c.k) for c in configs] == [("topk", 8), ("topk", 16), ("batchtopk", 8),
+                                                ("batchtopk", 16)]
+    assert configs[0].lr == pytest.approx(2e-4 / (1024 / 2**14) ** 0.5)
+    assert configs[0].l1_coefficient is None and configs[0].aux_k == D_IN // 2
+    groups = load_spec(write_spec(tmp_path, BASE + """
+grid: {n_features: [256], n_steps: [10], arch: [matryoshka_batchtopk],
+       matryoshka_groups: [[64, 192], [0.5, 0.5]]}
+"""))
+    assert [c.matryoshka_groups for c in expand(groups, D_IN)] == [(64.0, 192.0), (0.5, 0.5)]
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ("arch: gated", "arch must be one of relu, topk, batchtopk, jumprelu, matryoshka_batchtopk"),
+    ("arch: relu, k: 8", "k does not apply to arch relu"),
+    ("arch: topk, l1_coefficient: 5", "l1_coefficient does not apply to arch topk"),
+    ("arch: topk, k: 512", "k must be below n_features=128"),
+    ("arch: topk, k: 0", "k must be a positive integer"),
+    ("arch: matryoshka_batchtopk, matryoshka_groups: [100, 100]", "must be sizes summing to"),
+    ("arch: jumprelu, target_l0: 600", "target_l0 must be below"),
+])
+def test_bad_arch_settings_are_refused_before_anything_runs(tmp_path: Path, settings: str,
+                                                            message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        load_spec(write_spec(tmp_path, f"""
+name: t
+cache: {{path: caches/t}}
+base: {{{settings}}}
+grid: {{n_features: [128, 512], n_steps: [10]}}
+"""))

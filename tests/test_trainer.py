@@ -44,7 +44,7 @@ def test_planted_features_recovered_at_planted_l0(
 ) -> None:
     """The paper's recipe (λ = 5, its schedules and init) finds the planted dictionary."""
     metrics = run_from_cache(_cfg(planted_cache), tmp_path)
-    W_dec = load_file(str(tmp_path / "sae.safetensors"))["W_dec"]  # [F, d]
+    W_dec = load_file(str(tmp_path / "sae_weights.safetensors"))["W_dec"]  # [F, d]
     truth = planted_cache.true_dictionary()  # [n_true, d], unit rows
     cos = truth @ torch.nn.functional.normalize(W_dec, dim=1).T
     recovery = cos.max(dim=1).values.mean().item()
@@ -53,7 +53,7 @@ def test_planted_features_recovered_at_planted_l0(
     assert abs(metrics["l0"] - planted_l0) < 1.0, (metrics["l0"], planted_l0)
     assert metrics["dead_fraction"] < 0.5
     cfg_json = json.loads((tmp_path / "cfg.json").read_text())
-    assert cfg_json["norm_scale"] == pytest.approx(planted_cache.norm_scale)
+    assert cfg_json["monoscale"]["norm_scale"] == pytest.approx(planted_cache.norm_scale)
     assert cfg_json["d_sae"] == 128 and not (tmp_path / "checkpoint").exists()
 
 
@@ -130,7 +130,7 @@ def test_run_killed_with_sigkill_resumes_to_the_same_result(
     time.sleep(0.6)  # let it run past its checkpoint, mid-way between two
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    assert not (killed / "sae.safetensors").exists(), "the child finished before the kill"
+    assert not (killed / "sae_weights.safetensors").exists(), "the child finished before the kill"
     resumed_from = torch.load(killed / "checkpoint" / "trainer_state.pt")["step"]
     assert 0 < resumed_from < cfg.n_steps
 
@@ -148,8 +148,8 @@ def test_run_killed_with_sigkill_resumes_to_the_same_result(
     assert logger.first == resumed_from + 1  # it went on from the checkpoint, not from 0
     assert resumed["loss"] == pytest.approx(reference["loss"], rel=1e-6)
     assert resumed["dead_fraction"] == reference["dead_fraction"]
-    a = load_file(str(tmp_path / "straight" / "sae.safetensors"))
-    b = load_file(str(killed / "sae.safetensors"))
+    a = load_file(str(tmp_path / "straight" / "sae_weights.safetensors"))
+    b = load_file(str(killed / "sae_weights.safetensors"))
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
 

@@ -19,26 +19,9 @@ import torch
 
 from sae_core import loss
 from sae_core.device import matmul_autocast
-from sae_core.kernels import ActiveSet, encoder_values, sparse_decode
+from sae_core.kernels import ActiveSet, encoder_values, sparse_decode, sparse_enough
 from sae_core.model import SAE, StepContext, StepStats
 from sae_core.schedule import warmup_factor
-
-# Above this fraction of active (token, feature) entries the dense path is faster.
-# bench/step_crossover.py on a 2-core CPU (2 threads, batch 4096; bench/README.md has the
-# table): the sparse path won up to ~12% density at d=384, F=4096 but only to ~6% at
-# d=768, F=16384, where W_dec (50 MB) no longer fits in cache for the row gathers, so the
-# switch sits below both. After warm-up densities are far lower (L0 4-18 of 512 on
-# MiniLM, docs/METHOD.md section 5).
-SPARSE_MAX_DENSITY = 0.05
-# The density is estimated on the first rows of the batch only: rows of a cache batch are
-# shuffled tokens (sae_core/cache_reader.py), and a 512-row count costs ~1/8 of a full one.
-DENSITY_SAMPLE_ROWS = 512
-
-
-def active_fraction(pre: torch.Tensor) -> float:
-    """Fraction of entries > 0 in the first DENSITY_SAMPLE_ROWS rows of pre [B, F]."""
-    sample = pre[:DENSITY_SAMPLE_ROWS]
-    return torch.count_nonzero(sample > 0).item() / max(sample.numel(), 1)
 
 
 @dataclass(frozen=True)
@@ -48,7 +31,9 @@ class ReLU:
     init_decoder_norm: float  # (lib) 0.1; the April update gives a range 0.05-1
     path: str = "auto"  # "dense" | "sparse" force one path (tests, bench/step_crossover.py)
     name = "relu"
-    saelens_architecture = "standard"
+
+    def saelens_config(self) -> dict[str, object]:
+        return {"architecture": "standard", "apply_b_dec_to_input": False}
 
     def init(self, d_in: int, n_features: int, generator: torch.Generator) -> SAE:
         """Decoder rows in random directions with L2 norm init_decoder_norm; W_enc = W_decᵀ
@@ -60,6 +45,9 @@ class ReLU:
             sae.W_dec.copy_(w)
             sae.W_enc.copy_(w.T)
         return sae
+
+    def fit_to_data(self, sae: SAE, x: torch.Tensor) -> None:
+        return None  # the April update starts both biases at 0
 
     def l1_at(self, step: int) -> float:
         return self.l1_coefficient * warmup_factor(step, self.warmup_steps)
@@ -80,7 +68,7 @@ class ReLU:
             pre = torch.addmm(sae.b_enc, x, sae.W_enc)  # [B, F]; graph used by the dense path
         path = self.path
         if path == "auto":
-            path = "sparse" if active_fraction(pre.detach()) <= SPARSE_MAX_DENSITY else "dense"
+            path = "sparse" if sparse_enough(pre.detach()) else "dense"
         if path == "sparse":  # fp32 throughout: these products are cheap, bf16 buys nothing
             pre = pre.detach().to(sae.W_dec.dtype)
             active = ActiveSet.where(pre > 0)
