@@ -27,18 +27,19 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
-def write_analysis_dir(out_dir: str | Path,
-                       parts: dict[str, tuple[dict[str, Any], dict[str, Figure]]]) -> Path:
-    """DIR/<part>/fits.json and DIR/<part>/<name>.png/.svg for each part ('' = DIR itself),
-    built in a temp dir then moved into place whole."""
+def write_analysis_dir(out_dir: str | Path, parts: dict[str, tuple[dict[str, dict[str, Any]],
+                                                                    dict[str, Figure]]]) -> Path:
+    """For each part ('' = DIR itself): DIR/<part>/<file>.json for each JSON document and
+    DIR/<part>/<name>.png/.svg for each figure, built in a temp dir, moved into place whole."""
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
     try:
-        for part, (fits, figures) in parts.items():
+        for part, (documents, figures) in parts.items():
             where = tmp / part if part else tmp
             where.mkdir(parents=True, exist_ok=True)
-            (where / "fits.json").write_text(json.dumps(fits, indent=2) + "\n")
+            for file_name, document in documents.items():
+                (where / file_name).write_text(json.dumps(document, indent=2) + "\n")
             for name, fig in figures.items():
                 fig.savefig(where / f"{name}.png", dpi=150)
                 fig.savefig(where / f"{name}.svg")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from sae_core import archs
 from sae_core.archs.relu import ReLU
+from sae_core.config import RunConfig
 from sae_core.model import SAE, StepContext
 
 # Feature frequencies of trained SAEs are heavy-tailed; the planted-dictionary source uses
@@ -56,3 +58,13 @@ def gradients(sae: SAE, x: torch.Tensor, mm_dtype: torch.dtype | None = None) ->
     """One gradient computation as the trainer runs it (sae_core/trainer.py); the loss."""
     dead = torch.zeros(sae.n_features, dtype=torch.bool, device=x.device)
     return sae.arch.gradients(sae, x, StepContext(1 << 30, dead, mm_dtype)).loss
+
+
+def topk_sae(arch: str, d_in: int, n_features: int, k: int, generator: torch.Generator,
+             first_batch: torch.Tensor) -> SAE:
+    """A TopK-family SAE at step 0 of its recipe (unit-norm decoder, W_enc = W_decᵀ, b_dec at
+    the first batch's geometric median): its step's cost is the same at every step."""
+    cfg = RunConfig(cache_dir="-", d_in=d_in, n_features=n_features, n_steps=1, arch=arch, k=k)
+    sae = archs.build(cfg).init(d_in, n_features, generator)
+    sae.arch.fit_to_data(sae, first_batch)
+    return sae

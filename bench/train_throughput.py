@@ -30,12 +30,14 @@ from pathlib import Path
 import torch
 from _data_side import activation_generation, cache_wait
 from _saelens_client import SAELENS_PYTHON, SaeLens
-from _states import gradients, initial_sae, normalised_batch, sparse_sae
+from _states import gradients, initial_sae, normalised_batch, sparse_sae, topk_sae
 from safetensors.torch import save_file
 
 from sae_core.model import SAE
 
 SHAPES = [(384, 4096), (384, 16384), (768, 4096), (768, 16384)]
+TOPK_SHAPES = [(384, 16384), (768, 16384)]  # k = 32
+TOPK_ARCHS = ("topk", "batchtopk")
 
 
 def log(message: str) -> None:
@@ -74,6 +76,7 @@ class OurStep:
         grads_done = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(self.sae.parameters(), 1.0)
         self.optimizer.step()
+        self.sae.arch.after_step(self.sae)  # the TopK family renormalises its decoder
         sync(device)
         self.grad_s.append(grads_done - started)
         self.step_s.append(time.perf_counter() - started)
@@ -162,6 +165,53 @@ def bench_shape(d_in: int, n_features: int, batch: int, args: argparse.Namespace
     return row
 
 
+def bench_topk_shape(arch: str, d_in: int, n_features: int, batch: int,
+                     args: argparse.Namespace, saelens: SaeLens | None, workdir: Path
+                     ) -> dict[str, object]:
+    """The TopK family's step: ours (sparse from the first step: only x W_enc is dense)
+    against SAELens's TopK or BatchTopK training step on the same weights and batch, and
+    against the dense floor. Its cost does not depend on training progress (k is fixed;
+    AuxK runs only once latents are dead, after the 10M-token window)."""
+    device = torch.device(args.device)
+    mm_dtype = torch.bfloat16 if device.type == "cuda" else None
+    gen = torch.Generator().manual_seed(0)
+    x = normalised_batch(batch, d_in, gen)
+    sae = topk_sae(arch, d_in, n_features, args.k, gen, x)
+    ours = OurStep(sae.to(device), x.to(device), mm_dtype)
+    floor = floor_products(x.to(device), sae, mm_dtype)
+    runs: dict[str, Callable[[], float]] = {"ours": lambda: timed(ours, device),
+                                            "floor": lambda: timed(floor, device)}
+    if saelens is not None:
+        state_file = workdir / f"state_{arch}_{d_in}_{n_features}.safetensors"
+        save_file({**{k: v.detach().contiguous() for k, v in sae.named_parameters()}, "x": x},
+                  str(state_file))
+        saelens.ask({"load": str(state_file), "arch": arch, "k": args.k})
+        runs["saelens"] = lambda: float(saelens.ask({"n_steps": 1})["seconds"][0])  # type: ignore[index]
+    for name in ("ours", "saelens"):
+        if name in runs:
+            runs[name]()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for rep in range(args.reps):
+        for name, run in runs.items():
+            times[name].append(run())
+        log(f"{arch} d={d_in} F={n_features} rep {rep + 1}/{args.reps}: "
+            + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()))
+
+    def tps(seconds: list[float]) -> float:
+        return batch / statistics.median(seconds)
+
+    ours_tps, floor_tps = tps(times["ours"]), tps(times["floor"])
+    row: dict[str, object] = {"arch": arch, "d_in": d_in, "n_features": n_features,
+                              "k": args.k, "ours_tokens_per_s": round(ours_tps),
+                              "floor_tokens_per_s": round(floor_tps),
+                              "ours_over_floor": round(ours_tps / floor_tps, 2)}
+    if saelens is not None:
+        saelens_tps = tps(times["saelens"])
+        row.update(saelens_tokens_per_s=round(saelens_tps),
+                   ours_over_saelens=round(ours_tps / saelens_tps, 2))
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one small shape, 1 rep (smoke test)")
@@ -171,6 +221,9 @@ def main() -> None:
                         help="target L0 of the sparse state (trained SAEs on MiniLM reached "
                              "4-18 of 512, docs/METHOD.md section 5; the paper's bar is < 300)")
     parser.add_argument("--batch-size-tokens", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=32, help="the TopK rows' k")
+    parser.add_argument("--archs", nargs="+", default=["relu", *TOPK_ARCHS],
+                        help="relu (the four shapes) and/or topk, batchtopk (TOPK_SHAPES)")
     parser.add_argument("--no-saelens", action="store_true")
     parser.add_argument("--activation-tokens", type=int, default=10_000)
     args = parser.parse_args()
@@ -197,15 +250,24 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="monoscale-bench-") as tmp:
             rows = []
-            for d_in, n_features in shapes:
+            for d_in, n_features in shapes if "relu" in args.archs else []:
                 log(f"shape d={d_in} F={n_features}")
                 rows.append(bench_shape(d_in, n_features, args.batch_size_tokens, args,
                                         saelens, Path(tmp)))
             report["shapes"] = rows
+            topk_rows = []
+            for arch in [a for a in args.archs if a in TOPK_ARCHS]:
+                for d_in, n_features in [(128, 4096)] if args.quick else TOPK_SHAPES:
+                    log(f"{arch} d={d_in} F={n_features} k={args.k}")
+                    topk_rows.append(bench_topk_shape(arch, d_in, n_features,
+                                                      args.batch_size_tokens, args, saelens,
+                                                      Path(tmp)))
+            report["topk_shapes"] = topk_rows
     finally:
         if saelens is not None:
             saelens.close()
-    report["targets"] = targets(rows)
+    report["targets"] = targets(rows) if rows else None
+    report["topk_targets"] = topk_targets(topk_rows) if topk_rows else None
     report["cache_reader"] = cache_reader(args)
     log("activation generation (MiniLM middle layer)")
     report["activation_generation"] = activation_generation(args.activation_tokens)
@@ -225,6 +287,15 @@ def targets(rows: list[dict[str, object]]) -> dict[str, object]:
             "min_ours_dense_over_saelens": worst("ours_dense_over_saelens"),
             "met": over_floor is not None and over_floor >= 0.8
             and over_saelens is not None and over_saelens >= 1.5}
+
+
+def topk_targets(rows: list[dict[str, object]]) -> dict[str, object]:
+    """The TopK family's bars: ours >= 2x SAELens and >= 1.5x the dense floor, every row."""
+    over_floor = min(float(r["ours_over_floor"]) for r in rows)  # type: ignore[arg-type]
+    vs = [float(r["ours_over_saelens"]) for r in rows if "ours_over_saelens" in r]  # type: ignore[arg-type]
+    over_saelens = min(vs) if vs else None
+    return {"min_ours_over_floor": over_floor, "min_ours_over_saelens": over_saelens,
+            "met": over_floor >= 1.5 and over_saelens is not None and over_saelens >= 2.0}
 
 
 def cache_reader(args: argparse.Namespace) -> dict[str, object]:

@@ -90,8 +90,9 @@ class RunConfig:
                               f"{self.arch!r}")
         for name, owners in recipes.OWNED.items():
             if getattr(self, name) is not None and self.arch not in owners:
+                control = " or ".join(recipes.SPARSITY_CONTROL[self.arch])
                 raise ConfigError(f"{name} does not apply to arch {self.arch} (its sparsity "
-                                  f"control is {recipes.SPARSITY_CONTROL[self.arch]})")
+                                  f"control is {control})")
         if isinstance(self.matryoshka_groups, list):  # from JSON
             object.__setattr__(self, "matryoshka_groups", tuple(self.matryoshka_groups))
         for name in ("d_in", "n_features", "n_steps", "batch_size_tokens", "eval_n_tokens",

@@ -45,6 +45,8 @@ def evaluate(
         "loss": sae.arch.held_out_loss(metrics),
         **metrics,
         "explained_variance": 1.0 - sq_err / total_var,
+        # 1 - explained variance: the metric that compares architectures at matched L0
+        "normalized_mse": sq_err / total_var,
     }
 
 

@@ -29,9 +29,9 @@ OWNED: dict[str, tuple[str, ...]] = {
     "jumprelu_bandwidth": ("jumprelu",),
     "jumprelu_init_threshold": ("jumprelu",),
 }
-# The sparsity control of each, for messages and the analysis.
-SPARSITY_CONTROL = {"relu": "l1_coefficient", "topk": "k", "batchtopk": "k",
-                    "matryoshka_batchtopk": "k", "jumprelu": "l0_coefficient or target_l0"}
+# The fields that set each one's sparsity.
+SPARSITY_CONTROL = {"relu": ("l1_coefficient",), "topk": ("k",), "batchtopk": ("k",),
+                    "matryoshka_batchtopk": ("k",), "jumprelu": ("target_l0", "l0_coefficient")}
 
 
 def defaults(arch: str, d_in: int, n_features: int) -> dict[str, Any]:

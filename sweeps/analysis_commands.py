@@ -39,6 +39,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--no-attach", action="store_true", help="do not log the results to MLflow")
     cmd.add_argument("--plan", metavar="PLAN.json", help="report predicted against achieved loss "
                      "for this planned run (its run is left out of the fits)")
+    cmd.add_argument("--metric", help="fit the laws to this logged metric (default: the "
+                     "paper's loss for ReLU SAEs, normalized_mse when other architectures run)")
     cmd.set_defaults(func=_analyze)
 
     cmd = sub.add_parser("plan", help="the large run's F, steps, LR and predicted loss")
@@ -47,6 +49,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--compute", type=float, metavar="C", help="compute budget in FLOPs")
     group.add_argument("--features", type=int, metavar="F", help="a fixed n_features")
     cmd.add_argument("--power-of-two", action="store_true", help="round n_features to a power of 2")
+    cmd.add_argument("--max-l0", type=float, metavar="L", help="with --fits of an analysis of "
+                     "several groups: the best group whose frontier runs have L0 <= L")
     cmd.add_argument("--out", required=True, metavar="PLAN.json")
     cmd.set_defaults(func=_plan)
 
@@ -112,36 +116,50 @@ def _fit(args: argparse.Namespace, runs: Any, sweep: Any, n_draws: int = 200) ->
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from analysis import plots
-    from analysis.groups import group_runs, label
+    from analysis import compare, compare_plots, plots
+    from analysis.groups import choose_metric, group_runs, label, with_metric
     from analysis.outputs import write_analysis_dir
     from analysis.report import format_summary, prepare_runs
+    from sweeps.analysis_input import shared_value
 
     if args.draws < 0:
         raise UserError(f"--draws must be >= 0, got {args.draws}")
     runs, sweep, uri = _load_runs(args)
+    metric, why = choose_metric(runs, args.metric)
+    runs = with_metric(runs, metric)
     planned = planned_row = None
     if args.plan:
-        planned, runs, planned_row = _check_plan(Path(args.plan), runs, sweep, uri)
+        planned, runs, planned_row = _check_plan(Path(args.plan), runs, sweep, uri, metric)
     groups = group_runs(runs)
+    d_in = shared_value(runs, "d_in")
+    names = [label(config, d_in) for config, _ in groups]
+    print(f"metric: {metric} ({why})")
     if len(groups) > 1:
-        print(f"runs differ in {', '.join(groups[0][0])}: {len(groups)} laws, fitted apart "
-              "(one directory each)")
-    parts, lines = {}, []
-    for config, members in groups:
+        chosen = dict.fromkeys(part.split("=")[0] for name in names for part in name.split(","))
+        print(f"runs differ in {', '.join(chosen)}: {len(groups)} laws, fitted apart "
+              "(one directory each, compared in comparison.json)")
+    parts: dict[str, Any] = {}
+    lines, summaries, runs_by_group = [], [], {}
+    for (config, members), name in zip(groups, names, strict=True):
         fits = _fit(args, members, sweep, args.draws)
-        fits["group"] = config
+        fits.update(group=config, metric=metric, metric_reason=why)
         if planned is not None and planned_row is not None and all(
                 planned_row.get(k) == v for k, v in config.items()):
             fits["planned_run"] = planned
-        name = label(config)
-        figures = plots.all_figures(prepare_runs(members, fits["batch_size_tokens"]), fits)
-        parts[name] = (fits, figures)
+        prepared = prepare_runs(members, fits["batch_size_tokens"])
+        parts[name] = ({"fits.json": fits}, plots.all_figures(prepared, fits))
         lines += ([f"== {name} ({len(members)} runs)"] if name else []) + [format_summary(fits)]
+        summaries.append(compare.summary(name, config, fits, prepared))
+        runs_by_group[name] = prepared
+    if len(groups) > 1:
+        comparison = compare.compare(summaries, runs_by_group, args.draws)
+        parts[""] = ({"comparison.json": _json_safe(comparison)},
+                     compare_plots.all_figures(comparison, runs_by_group))
+        lines.append(format_comparison(comparison))
     out = write_analysis_dir(args.out, parts)
     print("\n".join(lines))
     n_plots = sum(len(figures) for _, figures in parts.values())
-    where = f"{out}/fits.json" if len(parts) == 1 else f"{len(parts)} directories in {out}"
+    where = f"{out}/fits.json" if len(groups) == 1 else f"{len(groups)} directories in {out}"
     print(f"wrote {where} and {n_plots} plots (PNG + SVG)")
     if sweep is not None and uri is not None and not args.no_attach:
         from sweeps import tracking
@@ -153,7 +171,37 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None
+def _json_safe(obj: Any) -> Any:
+    from analysis.report import to_json_safe
+
+    return to_json_safe(obj)
+
+
+def format_comparison(comparison: dict[str, Any]) -> str:
+    """The comparison in a few lines: per group its L0, exponents, and the least compute."""
+    lines = [f"== comparison on {comparison['metric']}"]
+    for g in comparison["groups"]:
+        f_opt, law = g["features_opt"] or {}, g["loss_vs_compute"]
+        ci = f_opt.get("exponent_ci95")
+        lines.append(f"{g['group']}: L0 {_g(g['l0'])}, frontier {comparison['metric']} ∝ "
+                     f"C^{_g(law.get('exponent'))}, F_opt ∝ C^{_g(f_opt.get('exponent'))}"
+                     + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""))
+    for row in comparison["least_compute"]:
+        lines.append(f"to reach {comparison['metric']} {row['metric_value']:.4g}: "
+                     f"least compute {row['least_compute_group']} ("
+                     + ", ".join(f"{g} {_g(c)}" for g, c in row["compute_flops"].items()) + ")")
+    for arch, law in comparison["joint_laws"].items():
+        lines.append(f"joint law {arch}: " + (law.get("not_fitted") or ", ".join(
+            f"{n}={law[n]['value']:.3g}" for n in ("alpha", "beta_k", "beta_n", "gamma",
+                                                   "zeta", "eta"))))
+    return "\n".join(lines)
+
+
+def _g(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None, metric: str = "loss"
                 ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """(predicted-vs-achieved report, runs without the planned run, the planned run's
     row). The planned run is looked for among the runs, then in the sweep `<name>-plan`
@@ -168,8 +216,10 @@ def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None
         from sweeps.analysis_input import read_sweep_runs
 
         try:
-            candidates = pd.concat([runs, read_sweep_runs(f"{sweep.name}-plan", uri)],
-                                   ignore_index=True)
+            from analysis.groups import with_metric
+
+            planned_sweep = with_metric(read_sweep_runs(f"{sweep.name}-plan", uri), metric)
+            candidates = pd.concat([runs, planned_sweep], ignore_index=True)
         except UserError:
             pass  # not trained yet: reported below
     report = check_plan(plan, candidates) if {"n_features", "n_steps"} <= set(runs.columns) else None
@@ -192,11 +242,13 @@ def _fits_or_analyze(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         if len(groups) > 1:
             names = ", ".join(label(config) for config, _ in groups)
             raise UserError(f"the runs make {len(groups)} laws ({names}): run `monoscale "
-                            "analyze` and pass one of them with --fits DIR/<group>/fits.json")
+                            "analyze --out DIR`, then pass --fits DIR (the best group at "
+                            "--compute, within --max-l0) or --fits DIR/<group>/fits.json")
         return _fit(args, runs, sweep), sweep
     if args.runs_csv:
         raise UserError("give --fits or --runs-csv, not both")
-    fits = _read_json(Path(args.fits), "fits")
+    path = Path(args.fits)
+    fits = _read_json(path / "fits.json" if path.is_dir() else path, "fits")
     return fits, inputs.load_sweep(args.spec) if args.spec else None
 
 
@@ -218,8 +270,25 @@ def _plan(args: argparse.Namespace) -> int:
 
     if args.compute is None and args.features is None:
         raise UserError("plan needs --compute C or --features F")
+    comparison = _comparison_at(Path(args.fits)) if args.fits else None
+    choice = None
+    if comparison is not None:  # an analysis of several groups: pick one, then plan it
+        from analysis.compare import choose
+
+        if args.compute is None:
+            raise UserError("choosing among the groups of an analysis needs --compute C")
+        group, choice = choose(_read_json(comparison, "comparison"), args.compute, args.max_l0)
+        args.fits = str(comparison.parent / group["group"] / "fits.json")
+        print(f"chose {choice}")
+    elif args.max_l0 is not None:
+        raise UserError("--max-l0 chooses among the groups of an analysis: give --fits the "
+                        "analysis directory (with its comparison.json)")
     fits, sweep = _fits_or_analyze(args)
     plan = plan_run(fits, args.compute, args.features, args.power_of_two)
+    plan["metric"] = fits.get("metric", "loss")
+    plan["run_config"].update(fits.get("group") or {})  # the group's arch, k, λ, ...
+    if choice is not None:
+        plan["choice"] = choice
     if sweep is not None:
         plan["sweep"] = sweep.name
         cache = dict(sweep.raw.get("cache") or {})
@@ -231,6 +300,12 @@ def _plan(args: argparse.Namespace) -> int:
     write_text_atomic(args.out, text + "\n")
     print(text)
     return 0
+
+
+def _comparison_at(path: Path) -> Path | None:
+    """The comparison.json an analysis directory (or the file itself) holds, if any."""
+    found = path / "comparison.json" if path.is_dir() else path
+    return found if found.name == "comparison.json" and found.is_file() else None
 
 
 def _plan_lr(args: argparse.Namespace) -> int:

@@ -50,19 +50,29 @@ def plan(spec: SweepSpec, build: bool = True, verify: str = "full") -> list[RunC
 
 
 def format_table(configs: list[RunConfig], states: dict[str, dict] | None = None) -> str:
-    head = f"{'run_key':16}  {'n_features':>10}  {'n_steps':>7}  {'lr':>8}  {'seed':>4}  "
-    head += f"{'compute_flops':>13}" + (f"  {'state':9}  {'loss':>10}" if states is not None
-                                        else "")
+    head = (f"{'run_key':16}  {'sae':16}  {'n_features':>10}  {'n_steps':>7}  {'lr':>8}  "
+            f"{'seed':>4}  {'compute_flops':>13}")
+    head += f"  {'state':9}  {'loss':>10}" if states is not None else ""
     lines = [head]
     for c in configs:
-        line = (f"{c.run_key:16}  {c.n_features:>10}  {c.n_steps:>7}  {c.lr:>8.2e}  "
-                f"{c.seed:>4}  {c.compute_flops:>13.3e}")
+        line = (f"{c.run_key:16}  {_sae(c):16}  {c.n_features:>10}  {c.n_steps:>7}  "
+                f"{c.lr:>8.2e}  {c.seed:>4}  {c.compute_flops:>13.3e}")
         if states is not None:
             state = states.get(c.run_key, {"state": "-", "loss": None})
             loss = f"{state['loss']:.5g}" if state["loss"] is not None else "-"
             line += f"  {state['state']:9}  {loss:>10}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _sae(cfg: RunConfig) -> str:
+    """The architecture and its sparsity setting, e.g. `topk k=16`, `relu λ=5`."""
+    if cfg.arch == "relu":
+        return f"relu λ={cfg.l1_coefficient:g}"
+    if cfg.arch == "jumprelu":
+        return (f"jumprelu L0→{cfg.target_l0:g}" if cfg.target_l0 is not None
+                else f"jumprelu λ={cfg.l0_coefficient:g}")
+    return f"{cfg.arch.replace('matryoshka_', 'm.')} k={cfg.k}"
 
 
 def submit(spec: SweepSpec, where: Where, address: str | None = None,

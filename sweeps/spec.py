@@ -5,6 +5,8 @@
     cache: {path: caches/minilm, build: {...}}  # path relative to this file; build optional
     base: {lr: 1e-3, batch_size_tokens: 512}    # RunConfig fields common to every point
     grid: {n_features: [256, 512], n_steps: {logspace: [250, 2000], num: 4}, seed: [0]}
+    variants: [{arch: relu, l1_coefficient: 4}, {arch: topk, k: 16}]  # settings that go
+                                                # together, crossed with the grid
     points: [{n_features: 1024, n_steps: 500}]  # or: explicit (F, steps) pairs
     isoflop: {compute_flops: [1e12, 4e12], n_features: [256, 1024]}  # or: steps from budgets
     search: {axis: lr, range: [1e-4, 1e-2], n_trials: 8}   # optional Optuna TPE over log lr
@@ -53,7 +55,7 @@ from sweeps.spec_values import (
 _RESERVED = frozenset({"cache_dir", "d_in"})
 # field -> its annotation as text ("int", "float", "str", "int | None")
 RUN_FIELDS = {f.name: str(f.type) for f in fields(RunConfig) if f.name not in _RESERVED}
-_TOP_KEYS = ("name", "stage", "cache", "base", "grid", "points", "isoflop", "search",
+_TOP_KEYS = ("name", "stage", "cache", "base", "grid", "variants", "points", "isoflop", "search",
              "resources", "max_concurrent_trials", "max_failures", "log_weights", "adaptive", "branching")
 
 
@@ -86,6 +88,7 @@ class SweepSpec:
     cache: CacheSpec
     base: Mapping[str, Any]
     axes: tuple[tuple[str, tuple[Any, ...]], ...]  # grid axes other than the (F, steps) ones
+    variants: tuple[Mapping[str, Any], ...]  # field sets crossed with the grid ({} if none)
     sizes: tuple[tuple[int, int], ...] | None  # explicit (F, steps) pairs; None with isoflop
     isoflop: IsoflopSpec | None
     search: SearchSpec | None
@@ -161,22 +164,24 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
             raise SpecError(f"grid.{key}: also set in base; set it in one place")
         axes[key] = parse_axis(key, RUN_FIELDS[key], value, f"grid.{key}")
 
+    variants = _parse_variants(data.get("variants"), base, axes)
     sizes, isoflop = parse_sizes(data, axes)
     if isoflop is not None and "batch_size_tokens" in axes:  # steps come from one batch size
         raise SpecError("grid.batch_size_tokens: not with isoflop, whose steps per budget "
                         "are set by base.batch_size_tokens")
     search = _parse_search(data.get("search"), axes)
     adaptive = parse_adaptive(data.get("adaptive"), isoflop is not None, search is not None)
-    several = [k for k in axes if k not in SIZE_AXES and k != "seed"]
+    several = [k for k in axes if k not in SIZE_AXES and k != "seed"] + (
+        ["variants"] if len(variants) > 1 else [])
     if adaptive is not None and several:  # each value would be its own law (analysis/groups.py)
-        raise SpecError(f"adaptive: adapts the grid of one law; grid.{several[0]} makes one "
-                        "law per value: submit one spec per value")
+        raise SpecError(f"adaptive: adapts the grid of one law; {several[0]} makes one law "
+                        "per value: submit one spec per value")
     branching = parse_bool(data.get("branching", False), "branching")
     if branching and search is not None:
         raise SpecError("branching: not with search (each lr trial is its own run)")
     spec = SweepSpec(
         name=name, path=path, cache=cache_spec, base=MappingProxyType(dict(base)),
-        axes=tuple((k, v) for k, v in axes.items() if k not in SIZE_AXES),
+        axes=tuple((k, v) for k, v in axes.items() if k not in SIZE_AXES), variants=variants,
         sizes=sizes, isoflop=isoflop, search=search,
         adaptive=adaptive,
         resources=_parse_resources(data.get("resources") or {}),
@@ -198,15 +203,39 @@ def _check_run_settings(spec: SweepSpec) -> None:
     widths = sorted({f for f, _ in spec.sizes} if spec.sizes else set(
         spec.isoflop.n_features if spec.isoflop else ()))
     names = [name for name, _ in spec.axes]
-    for n_features in widths:
+    for n_features, variant in itertools.product(widths, spec.variants):
         for values in itertools.product(*(v for _, v in spec.axes)):
-            point = dict(zip(names, values, strict=True))
+            point = {**variant, **dict(zip(names, values, strict=True))}
             try:  # d_in is the cache's, not known yet: any width serves these checks
                 RunConfig(cache_dir="-", d_in=64, n_features=n_features, n_steps=1,
                           **{**spec.base, **point})
             except ConfigError as err:
                 at = ", ".join(f"{k}={v}" for k, v in {"n_features": n_features, **point}.items())
                 raise SpecError(f"base/grid at {at}: {err}") from None
+
+
+def _parse_variants(value: Any, base: Mapping[str, Any], axes: dict[str, tuple[Any, ...]]
+                    ) -> tuple[Mapping[str, Any], ...]:
+    """Sets of RunConfig fields that go together (an architecture with its sparsity
+    control), each crossed with the grid."""
+    if value is None:
+        return (MappingProxyType({}),)
+    if not isinstance(value, list) or not value:
+        raise SpecError("variants: must be a non-empty list of mappings of RunConfig fields")
+    out = []
+    for i, variant in enumerate(value):
+        check_mapping(variant, f"variants[{i}]")
+        fields: dict[str, Any] = {}
+        for key, given in variant.items():
+            where = f"variants[{i}].{key}"
+            if key not in RUN_FIELDS or key in SIZE_AXES:
+                raise SpecError(f"{where}: not a RunConfig field a variant may set")
+            if key in base or key in axes:
+                raise SpecError(f"{where}: also set in {'base' if key in base else 'grid'}; "
+                                "set it in one place")
+            fields[key] = parse_run_field(key, RUN_FIELDS[key], given, where)
+        out.append(MappingProxyType(fields))
+    return tuple(out)
 
 
 def _parse_search(search: Any, axes: dict[str, tuple[Any, ...]]) -> SearchSpec | None:
@@ -244,7 +273,8 @@ def _parse_resources(res: Any) -> Resources:
 def expand(spec: SweepSpec, d_in: int) -> list[RunConfig]:
     """Every grid point as a RunConfig, in a stable order, duplicates (same run_key) dropped.
 
-    (F, steps) pairs outermost, then the other axes in the order the spec lists them.
+    (F, steps) pairs outermost, then the variants, then the other axes in the order the
+    spec lists them.
     With `search`, each point carries base lr; the runner samples lr per trial. With
     `branching`, the members of a family share its shortest member's λ warm-up (IsoFLOP:
     its width's at the smallest budget).
@@ -253,10 +283,11 @@ def expand(spec: SweepSpec, d_in: int) -> list[RunConfig]:
         raise SpecError(f"d_in must be positive, got {d_in}")
     names = [name for name, _ in spec.axes]
     configs: dict[str, RunConfig] = {}
-    for n_features, n_steps in spec.size_pairs(d_in):
+    for (n_features, n_steps), variant in itertools.product(spec.size_pairs(d_in), spec.variants):
         for values in itertools.product(*(v for _, v in spec.axes)):
+            fields = {**spec.base, **variant, **dict(zip(names, values, strict=True))}
             cfg = RunConfig(cache_dir=str(spec.cache.path), d_in=d_in, n_features=n_features,
-                            n_steps=n_steps, **{**spec.base, **dict(zip(names, values, strict=True))})
+                            n_steps=n_steps, **fields)
             configs.setdefault(cfg.run_key, cfg)
     if spec.branching:
         members = [_design_warmup(c, spec) for c in configs.values()]

@@ -238,3 +238,41 @@ def test_unit_norm_decoder_stays_unit_norm() -> None:
         w.mul_(3.0)
     unit_norm.renormalise(w)
     torch.testing.assert_close(w.norm(dim=1), torch.ones(5))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("arch_name", list(PLANTED_RECIPES))
+def test_each_architecture_resumes_from_its_checkpoint_to_the_same_run(
+        arch_name: str, planted: Path, tmp_path: Path) -> None:
+    """Stopped after a checkpoint and trained again: the same weights as a straight run
+    (every parameter and buffer, the batch ones' threshold too, is in the checkpoint)."""
+    cfg = RunConfig(cache_dir=str(planted), d_in=32, n_features=64, n_steps=60,
+                    batch_size_tokens=256, num_threads=1, arch=arch_name,
+                    checkpoint_every_steps=20, eval_every_steps=10,
+                    **PLANTED_RECIPES[arch_name])  # type: ignore[arg-type]
+    run_from_cache(cfg, tmp_path / "straight")
+
+    class StopAt40:
+        def log(self, metrics: dict[str, float], step: int) -> None:
+            if step == 50:  # after the checkpoint at 40
+                raise _Interrupt
+
+    class Steps:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def log(self, metrics: dict[str, float], step: int) -> None:
+            self.seen.append(step)
+
+    with pytest.raises(_Interrupt):
+        run_from_cache(cfg, tmp_path / "stopped", logger=StopAt40())
+    resumed = Steps()
+    run_from_cache(cfg, tmp_path / "stopped", logger=resumed)
+    assert resumed.seen[0] == 50  # it went on from step 40, not from 0
+    a, _ = load_sae(tmp_path / "straight")
+    b, _ = load_sae(tmp_path / "stopped")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)

@@ -216,3 +216,24 @@ cache: {{path: caches/t}}
 base: {{{settings}}}
 grid: {{n_features: [128, 512], n_steps: [10]}}
 """))
+
+
+def test_variants_cross_the_grid_with_settings_that_go_together(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, BASE + """
+grid: {n_features: [128, 256], n_steps: [10], seed: [0, 1]}
+variants: [{arch: relu, l1_coefficient: 4}, {arch: topk, k: 8}]
+"""))
+    configs = expand(spec, D_IN)
+    assert [(c.n_features, c.arch, c.seed) for c in configs[:4]] == [
+        (128, "relu", 0), (128, "relu", 1), (128, "topk", 0), (128, "topk", 1)]
+    assert {(c.arch, c.l1_coefficient, c.k) for c in configs} == {("relu", 4.0, None),
+                                                                   ("topk", None, 8)}
+    for text, message in [
+        ("variants: [{k: 8}]", "k does not apply to arch relu"),
+        ("variants: [{arch: topk, lr: 1e-3}]", "variants[0].lr: also set in base"),
+        ("variants: [{n_features: 8}]", "not a RunConfig field a variant may set"),
+        ("variants: []", "non-empty list"),
+    ]:
+        with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            load_spec(write_spec(tmp_path, BASE + "grid: {n_features: [128], n_steps: [10]}\n"
+                                 + text + "\n"))

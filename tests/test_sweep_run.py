@@ -71,7 +71,7 @@ def test_sweep_logs_every_point_and_resubmit_runs_nothing(tmp_path: Path, synthe
         assert "cfg.json" in artifacts
         cfg = json.loads(Path(client.download_artifacts(run.run_id, "cfg.json",
                                                         str(tmp_path))).read_text())
-        assert cfg["n_features"] == n_features
+        assert cfg["d_sae"] == cfg["monoscale"]["run_config"]["n_features"] == n_features
     # more steps at the same width never hurt here
     assert by_size[(64, 80)].metrics["loss"] < by_size[(64, 40)].metrics["loss"]
 
