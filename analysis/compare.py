@@ -65,22 +65,30 @@ def predicted(law: dict[str, Any], compute: float) -> float | None:
 
 def compare(summaries: list[dict[str, Any]], runs_by_group: dict[str, pd.DataFrame],
             n_draws: int = 200) -> dict[str, Any]:
-    """comparison.json: the groups, the least compute to reach each of N_TARGETS metric
-    values inside every group's frontier, and a joint law per architecture with >= 2 k."""
+    """comparison.json: the groups; for N_TARGETS metric values across the frontiers, the
+    compute each group's frontier law needs to reach it (`within_sweep` names the groups
+    that reached it in the sweep; for the others it is the law's extrapolation) and the
+    group that needs least; a joint law per architecture with >= 2 values of k."""
     metrics = {s["metric"] for s in summaries}
     if len(metrics) != 1:
         raise UserError(f"groups fitted on different metrics ({sorted(metrics)}) cannot be "
                         "compared: pass one --metric")
-    lows = [min(p["loss"] for p in s["frontier"]) for s in summaries if s["frontier"]]
-    highs = [max(p["loss"] for p in s["frontier"]) for s in summaries if s["frontier"]]
+    ranges = {s["group"]: (min(p["loss"] for p in s["frontier"]),
+                           max(p["loss"] for p in s["frontier"])) for s in summaries
+              if s["frontier"]}
     targets: list[float] = []
-    if lows and max(lows) < min(highs):  # the metric range every frontier covers
-        targets = [float(t) for t in np.geomspace(max(lows), min(highs), N_TARGETS)]
+    if ranges:  # the metric values the frontiers span, all of them together
+        low = min(lo for lo, _ in ranges.values())
+        high = max(hi for _, hi in ranges.values())
+        targets = [float(t) for t in np.geomspace(low, high, N_TARGETS)] if low < high else []
     least = []
     for target in targets:
         need = {s["group"]: compute_to_reach(s["loss_vs_compute"], target) for s in summaries}
         known = {g: c for g, c in need.items() if c is not None}
+        # a group reaches the value inside its sweep, or only on its law's extrapolation
+        inside = [g for g, (lo, hi) in ranges.items() if lo <= target <= hi]
         least.append({"metric_value": target, "compute_flops": need,
+                      "within_sweep": inside,
                       "least_compute_group": min(known, key=known.__getitem__) if known else None})
     return {"metric": metrics.pop(), "groups": summaries, "least_compute": least,
             "joint_laws": _joint_laws(summaries, runs_by_group, n_draws)}

@@ -118,7 +118,8 @@ def allocation(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
         point = pred[col]
         if point.get("value") is not None and point.get("ci95") and None not in point["ci95"]:
             ax.errorbar(pred["compute_flops"], point["value"], fmt="rs",
-                        yerr=[[point["value"] - point["ci95"][0]], [point["ci95"][1] - point["value"]]],
+                        yerr=[[max(0.0, point["value"] - point["ci95"][0])],
+                              [max(0.0, point["ci95"][1] - point["value"])]],
                         label="parametric optimum at target (95% CI)")
         ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=ylabel)
         ax.legend(fontsize=8)

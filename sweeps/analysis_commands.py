@@ -189,7 +189,9 @@ def format_comparison(comparison: dict[str, Any]) -> str:
     for row in comparison["least_compute"]:
         lines.append(f"to reach {comparison['metric']} {row['metric_value']:.4g}: "
                      f"least compute {row['least_compute_group']} ("
-                     + ", ".join(f"{g} {_g(c)}" for g, c in row["compute_flops"].items()) + ")")
+                     + ", ".join(f"{g} {_g(c)}{'' if g in row['within_sweep'] else '*'}"
+                                 for g, c in row["compute_flops"].items())
+                     + "; * extrapolated beyond its sweep)")
     for arch, law in comparison["joint_laws"].items():
         lines.append(f"joint law {arch}: " + (law.get("not_fitted") or ", ".join(
             f"{n}={law[n]['value']:.3g}" for n in ("alpha", "beta_k", "beta_n", "gamma",
