@@ -101,6 +101,10 @@ def smollm2(one_thread: None):
 def test_smollm2_identity_and_zero_decoder_give_scores_one_and_zero(smollm2) -> None:
     d = smollm2.clean[0].x.shape[-1]
     identity = smollm2.score(Invertible(d))
+    from analysis.saebench import GROUPS
+
+    assert {*GROUPS["model_behavior_preservation"],
+            *GROUPS["model_performance_preservation"]} <= set(identity)  # SAEBench's names
     assert identity["ce_loss_score"] == pytest.approx(1.0, abs=1e-3)
     assert identity["delta_lm_loss"] == pytest.approx(0.0, abs=1e-3)
     assert identity["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-3)
