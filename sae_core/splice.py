@@ -1,8 +1,8 @@
 """Splice evaluation: how much of a model's behaviour survives when an SAE's reconstruction
 replaces its residual stream at one layer (docs/METHOD.md section 4).
 
-The residual stream at `layer` is hidden_states[layer], the output of block layer-1, as
-sae_core/activations.py reads it. Text is cut into contexts exactly as the cache cuts it
+The residual stream at `layer` is hidden_states[layer] (sae_core/block_splice.py).
+Text is cut into contexts exactly as the cache cuts it
 (`activations._contexts`: `context_tokens` per context, padding on the right); only the
 kept positions (text tokens other than each context's first) are replaced. Special
 tokens, padding and the first position (SmolLM2's attention sink) keep their original
@@ -11,10 +11,10 @@ zeros scores exactly 0. (SAEBench zero-ablates every position, BOS included.)
 
 For a decoder LM three passes run on the same tokens: clean (CE_orig), spliced (CE_sae),
 zero-ablated (CE_zero). The clean and zero passes run once (`LMSplice.build`); per SAE
-only the spliced pass runs, and only from the splice upwards: the blocks below are
-stand-ins that hand on the stored, spliced residual stream, and the model's own forward
-does the rest (masks, rotary embeddings, final norm, head), so no model-specific code is
-copied. `score(coder, upper_only=False)` runs the whole model with a hook instead.
+only the spliced pass runs, and only the blocks from the splice upwards (`BlockSplice.
+upper`; `score(coder, upper_only=False)` runs the whole model with a hook instead). The
+clean logits are not kept (N x vocabulary floats: 0.8 GB at 4096 tokens of SmolLM2) but
+recomputed from the head's stored input, once per batch for all the SAEs of `score_many`.
 
 Which tokens the averages run over (SAEBench's convention, which excludes BOS/EOS/pad
 positions, with ours in their place): KL over the kept positions; CE over the kept
@@ -28,124 +28,17 @@ KL(orig ‖ spliced) is summed over the vocabulary per position, then averaged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional
 
-from sae_core.activations import _blocks, _contexts, check_layer
+from sae_core.block_splice import BlockSplice, ZeroAblation, held_out_batches, spliced
 from sae_core.coder import SparseCoder
 from sae_core.errors import UserError
-
-
-class ZeroAblation:
-    """The coder whose reconstruction is 0 everywhere: the baseline of every score."""
-
-    def encode(self, x: Tensor) -> Tensor:
-        return x
-
-    def decode(self, f: Tensor) -> Tensor:
-        return torch.zeros_like(f)
-
-
-def spliced(x: Tensor, keep: Tensor, coder: SparseCoder) -> Tensor:
-    """x [B, T, d] with the kept positions (keep [B, T]) replaced by x̂ = decode(encode(x))."""
-    out = x.clone()
-    out[keep] = coder.decode(coder.encode(x[keep])).to(x.dtype)
-    return out
-
-
-class _StandIn(nn.Module):
-    """Takes the place of a block below the splice: hands its input on, or, as the last of
-    them, returns the spliced residual stream (as a tuple if the block returned one)."""
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        self.hidden: Tensor | None = None
-        self.as_tuple = False
-        # Some transformers 4.x block loops read it (Gemma 2, Qwen 2); 5.x indexes
-        # config.layer_types by position instead, which the stand-ins keep in place.
-        if hasattr(block, "attention_type"):
-            self.attention_type = block.attention_type
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.hidden if self.hidden is not None else (
-            args[0] if args else kwargs["hidden_states"])
-        return (out,) if self.as_tuple else out
-
-
-class BlockSplice:
-    """A model opened at hidden_states[layer]: read it, replace it, run the rest."""
-
-    def __init__(self, net: Any, layer: int | None = None) -> None:
-        self.net = net
-        self.layer = check_layer(layer, net.config.num_hidden_layers, type(net).__name__)
-        self._parent, self._attr, blocks = _blocks(net)
-        self._blocks = blocks
-        self._stand_ins = [_StandIn(block) for block in blocks[: self.layer]]
-        self._upper = nn.ModuleList([*self._stand_ins, *blocks[self.layer:]])
-        self.device = next(net.parameters()).device
-
-    def _run(self, batch: dict[str, Tensor]) -> Any:
-        return self.net(input_ids=batch["input_ids"].to(self.device),
-                        attention_mask=batch["attention_mask"].to(self.device))
-
-    def clean(self, batch: dict[str, Tensor]) -> tuple[Tensor, Any]:
-        """(residual stream at the layer [B, T, d], the model's output), unmodified."""
-        captured: list[Tensor] = []
-
-        def capture(module: nn.Module, inputs: Any, output: Any) -> None:
-            for stand_in in self._stand_ins:
-                stand_in.as_tuple = isinstance(output, tuple)
-            captured.append(output[0] if isinstance(output, tuple) else output)
-
-        handle = self._blocks[self.layer - 1].register_forward_hook(capture)
-        try:
-            output = self._run(batch)
-        finally:
-            handle.remove()
-        return captured[0], output
-
-    def upper(self, batch: dict[str, Tensor], hidden: Tensor) -> Any:
-        """The model's output with hidden_states[layer] = hidden [B, T, d], running the
-        blocks from the layer upwards only."""
-        self._stand_ins[-1].hidden = hidden.to(self.device)
-        setattr(self._parent, self._attr, self._upper)
-        try:
-            return self._run(batch)
-        finally:
-            setattr(self._parent, self._attr, self._blocks)
-            self._stand_ins[-1].hidden = None
-
-    def hooked(self, batch: dict[str, Tensor], hidden: Tensor) -> Any:
-        """The same as `upper`, through the whole model with a hook on block layer-1."""
-
-        def replace(module: nn.Module, inputs: Any, output: Any) -> Any:
-            new = hidden.to(self.device)
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-
-        handle = self._blocks[self.layer - 1].register_forward_hook(replace)
-        try:
-            return self._run(batch)
-        finally:
-            handle.remove()
-
-
-def held_out_batches(tokenizer: Any, texts: Iterable[tuple[str, str]], n_tokens: int,
-                     context_tokens: int, batch_contexts: int) -> Iterator[dict[str, Tensor]]:
-    """The cache's contexts of (name, text) pairs, whole contexts, until `n_tokens` kept
-    positions: input_ids, attention_mask, keep [B, T]."""
-    n_left = n_tokens
-    for batch in _contexts(texts, tokenizer, context_tokens, batch_contexts):
-        kept = batch["keep"].sum(1).cumsum(0)
-        n_contexts = int((kept < n_left).sum()) + 1
-        yield {key: value[:n_contexts] for key, value in batch.items()}
-        n_left -= int(kept[min(n_contexts, len(kept)) - 1])
-        if n_left <= 0:
-            return
 
 
 @dataclass(frozen=True)
@@ -175,16 +68,22 @@ def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     return functional.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
 
 
-def _spliced_ce_kl(splice: BlockSplice, clean: list[_Clean], coder: SparseCoder,
-                   upper_only: bool) -> tuple[Tensor, Tensor]:
-    """Per-token CE [n_ce] and KL [n_kl] with `coder` spliced in, over every batch."""
+def _spliced_ce_kl(splice: BlockSplice, clean: list[_Clean], coders: list[SparseCoder],
+                   upper_only: bool) -> list[tuple[Tensor, Tensor]]:
+    """Per coder: per-token CE [n_ce] and KL [n_kl] with it spliced in. The clean
+    log-probabilities of a batch are recomputed once for all the coders."""
     head = splice.net.get_output_embeddings()
-    ce, kl = [], []
+    ce: list[list[Tensor]] = [[] for _ in coders]
+    kl: list[list[Tensor]] = [[] for _ in coders]
     for c in clean:
-        log_q = _log_probs(spliced_logits(splice, c, coder, upper_only), c.batch["keep"])
-        ce.append(_ce(log_q, c.batch))
-        kl.append(_kl(_log_probs(head(c.head_in), c.batch["keep"]), log_q))
-    return torch.cat(ce), torch.cat(kl)
+        keep = c.batch["keep"]
+        log_p = functional.log_softmax(head(c.head_in[keep.to(c.head_in.device)]).float(),
+                                       dim=-1)
+        for i, coder in enumerate(coders):
+            log_q = _log_probs(spliced_logits(splice, c, coder, upper_only), keep)
+            ce[i].append(_ce(log_q, c.batch))
+            kl[i].append(_kl(log_p, log_q))
+    return [(torch.cat(a), torch.cat(b)) for a, b in zip(ce, kl, strict=True)]
 
 
 @torch.inference_mode()
@@ -198,7 +97,8 @@ def spliced_logits(splice: BlockSplice, c: _Clean, coder: SparseCoder,
 
 class LMSplice:
     """CE and KL of a decoder LM with SAEs spliced at one layer, on one held-out text.
-    `build` runs the clean and zero-ablated passes once; `score` runs one SAE's."""
+    `build` runs the clean and zero-ablated passes once; `score` runs one SAE's, and
+    `score_many` several, recomputing the clean logits once for all of them."""
 
     def __init__(self, splice: BlockSplice, clean: list[_Clean], ce_orig: Tensor,
                  ce_zero: Tensor, kl_zero: Tensor) -> None:
@@ -224,8 +124,7 @@ class LMSplice:
                                           batch_contexts):
                 x, output = splice.clean(batch)
                 clean.append(_Clean(batch, x, head_in.pop()))
-                # The clean logits are recomputed per SAE from the head's input (storing
-                # N x vocabulary floats would take 0.8 GB at 4096 tokens of SmolLM2).
+                # The clean logits are recomputed from the head's input: check it can be.
                 if not torch.allclose(head(clean[-1].head_in), output.logits, atol=1e-4):
                     raise UserError(f"{type(net).__name__} transforms its logits after its"
                                     " output head; splice evaluation does not support it")
@@ -234,14 +133,22 @@ class LMSplice:
             hook.remove()
         if not clean:
             raise UserError("splice evaluation got no text")
-        ce_zero, kl_zero = _spliced_ce_kl(splice, clean, ZeroAblation(), upper_only=True)
+        [(ce_zero, kl_zero)] = _spliced_ce_kl(splice, clean, [ZeroAblation()], upper_only=True)
         return cls(splice, clean, torch.cat(ce_orig), ce_zero, kl_zero)
 
-    @torch.inference_mode()
     def score(self, coder: SparseCoder, upper_only: bool = True) -> dict[str, float]:
         """SAEBench's model_performance/behavior_preservation metrics, delta_lm_loss, and
         the token counts averaged over. coder: raw model units (coder.RawUnits)."""
-        ce_sae, kl_sae = _spliced_ce_kl(self.splice, self.clean, coder, upper_only)
+        return self.score_many([coder], upper_only)[0]
+
+    @torch.inference_mode()
+    def score_many(self, coders: list[SparseCoder], upper_only: bool = True
+                   ) -> list[dict[str, float]]:
+        """`score` of each coder, sharing the clean log-probabilities between them."""
+        return [self._metrics(ce, kl)
+                for ce, kl in _spliced_ce_kl(self.splice, self.clean, coders, upper_only)]
+
+    def _metrics(self, ce_sae: Tensor, kl_sae: Tensor) -> dict[str, float]:
         orig, sae, zero = (v.mean().item() for v in (self.ce_orig, ce_sae, self.ce_zero))
         kl_with_sae, kl_with_ablation = kl_sae.mean().item(), self.kl_zero.mean().item()
         return {

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
+from sae_core.block_splice import BlockSplice, ZeroAblation, held_out_batches, spliced
 from sae_core.coder import SparseCoder
 from sae_core.errors import UserError
-from sae_core.splice import BlockSplice, ZeroAblation, held_out_batches, spliced
 
 
 def sentence_embedding(last_hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -87,6 +87,11 @@ class EmbeddingSplice:
         """cos(e_spliced, e_clean) per text [n_texts]."""
         return _cosines(self.splice, self.batches, self.xs, self.embeddings, coder,
                         upper_only)
+
+    def score_many(self, coders: list[SparseCoder], upper_only: bool = True
+                   ) -> list[dict[str, float]]:
+        """`score` of each coder (LMSplice's interface; nothing to share here)."""
+        return [self.score(coder, upper_only) for coder in coders]
 
     def score(self, coder: SparseCoder, upper_only: bool = True) -> dict[str, float]:
         """embedding_cosine_score and its two cosines; coder in raw model units."""

