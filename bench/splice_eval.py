@@ -1,7 +1,7 @@
 """What splice evaluation costs per SAE, against what a demo trial costs to train.
 
     python bench/splice_eval.py [--threads 1] [--reps 3] [--n-features 4096]
-                                [--minilm-tokens 16384] [--smollm2-tokens 4096]
+                                [--minilm-tokens 4096] [--smollm2-tokens 4096]
                                 [--trial-cache DIR] [--no-trial]
 
 Per model (MiniLM's sentence-embedding score, SmolLM2's CE/KL): the load, the one-off
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--n-features", type=int, default=4096)
-    parser.add_argument("--minilm-tokens", type=int, default=16384)
+    parser.add_argument("--minilm-tokens", type=int, default=4096)
     parser.add_argument("--smollm2-tokens", type=int, default=4096)
     parser.add_argument("--trial-cache", type=Path)
     parser.add_argument("--no-trial", action="store_true")

@@ -87,6 +87,21 @@ def test_splice_replaces_only_kept_positions() -> None:
     assert torch.equal(out[0, 1], torch.zeros(4))
 
 
+@pytest.mark.integration
+@needs_minilm
+def test_held_out_text_is_whole_cache_contexts_up_to_n_tokens() -> None:
+    from sae_core.activations import load_model
+    from sae_core.block_splice import held_out_batches
+
+    _, tokenizer = load_model("minilm")
+    texts = [("a", "word " * 1000)]  # contexts of 126 words between [CLS] and [SEP]
+    batches = list(held_out_batches(tokenizer, texts, n_tokens=300, context_tokens=128,
+                                    batch_contexts=4))
+    kept = [int(k) for b in batches for k in b["keep"].sum(1)]
+    assert kept == [126, 126, 126]  # 252 < 300 <= 378: the third context, no fourth
+    assert all(b["input_ids"].shape[1] == 128 for b in batches)
+
+
 @pytest.fixture(scope="module")
 def smollm2(one_thread: None):
     from sae_core.activations import load_model
