@@ -12,9 +12,12 @@ instead: the same output (tests/test_splice.py), at the cost of the lower blocks
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from sae_core.activations import _blocks, _contexts, check_layer
@@ -89,6 +92,12 @@ class BlockSplice:
             handle.remove()
         return captured[0], output
 
+    @torch.inference_mode()
+    def probe(self, batch: dict[str, Tensor]) -> None:
+        """A clean pass over two tokens of one context: what the stand-ins must return
+        (a tensor or a tuple) before `upper` runs on a reference loaded from disk."""
+        self.clean({key: value[:1, :2] for key, value in batch.items()})
+
     def upper(self, batch: dict[str, Tensor], hidden: Tensor) -> Any:
         """The model's output with hidden_states[layer] = hidden [B, T, d], running the
         blocks from the layer upwards only."""
@@ -126,3 +135,30 @@ def held_out_batches(tokenizer: Any, texts: Iterable[tuple[str, str]], n_tokens:
         n_left -= int(kept[min(n_contexts, len(kept)) - 1])
         if n_left <= 0:
             return
+
+
+def save_reference(path: str | Path, layer: int, per_batch: list[dict[str, Tensor]],
+                   shared: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A splice reference (what `build` computed once) as one safetensors file: per-batch
+    tensors under "{i}.{name}", the rest under their names; `metadata` kept as strings."""
+    tensors = {f"{i}.{name}": t for i, batch in enumerate(per_batch) for name, t in batch.items()}
+    tensors |= shared
+    meta = {**(metadata or {}), "layer": str(layer), "n_batches": str(len(per_batch))}
+    save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(path), meta)
+
+
+def load_reference(path: str | Path, device: torch.device
+                   ) -> tuple[dict[str, str], list[dict[str, Tensor]], dict[str, Tensor]]:
+    """(metadata, per-batch tensors, shared tensors) as `save_reference` wrote them."""
+    with safe_open(str(path), framework="pt", device=str(device)) as file:
+        meta = file.metadata()
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    per_batch: list[dict[str, Tensor]] = [{} for _ in range(int(meta["n_batches"]))]
+    shared = {}
+    for key, tensor in tensors.items():
+        index, _, name = key.partition(".")
+        if name and index.isdigit():
+            per_batch[int(index)][name] = tensor
+        else:
+            shared[key] = tensor
+    return meta, per_batch, shared

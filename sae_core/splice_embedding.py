@@ -21,13 +21,21 @@ once (`EmbeddingSplice.build`); per SAE only the blocks from the splice upwards 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import functional
 
-from sae_core.block_splice import BlockSplice, ZeroAblation, held_out_batches, spliced
+from sae_core.block_splice import (
+    BlockSplice,
+    ZeroAblation,
+    held_out_batches,
+    load_reference,
+    save_reference,
+    spliced,
+)
 from sae_core.coder import SparseCoder
 from sae_core.errors import UserError
 
@@ -81,6 +89,26 @@ class EmbeddingSplice:
         clean = torch.cat(embeddings)
         cos_zero = _cosines(splice, batches, xs, clean, ZeroAblation(), upper_only=True)
         return cls(splice, batches, xs, clean, cos_zero)
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        """The clean pass's results, for `load` in another process (a sweep's trials)."""
+        per_batch = [{**batch, "x": x} for batch, x in zip(self.batches, self.xs, strict=True)]
+        shared = {"embeddings": self.embeddings, "cos_zero": self.cos_zero}
+        save_reference(path, self.splice.layer, per_batch, shared, metadata)
+
+    @classmethod
+    def load(cls, path: str | Path, net: Any) -> EmbeddingSplice:
+        """What `save` wrote, with `net` the same encoder it was built from."""
+        meta, per_batch, shared = load_reference(path, next(net.parameters()).device)
+        splice = BlockSplice(net, int(meta["layer"]))
+        if per_batch[0]["x"].shape[-1] != net.config.hidden_size:
+            raise UserError(f"splice reference {path} has d={per_batch[0]['x'].shape[-1]}, "
+                            f"the model d={net.config.hidden_size}")
+        batches = [{k: b[k] for k in ("input_ids", "attention_mask", "keep")}
+                   for b in per_batch]
+        splice.probe(batches[0])
+        return cls(splice, batches, [b["x"] for b in per_batch], shared["embeddings"],
+                   shared["cos_zero"])
 
     @torch.inference_mode()
     def cosines(self, coder: SparseCoder, upper_only: bool = True) -> Tensor:

@@ -3,7 +3,8 @@
 Truths: an invertible "SAE" (decode = encode⁻¹) recovers the model (score 1, ΔLM loss 0);
 an SAE whose decoder outputs zeros is zero ablation (score exactly 0); a rank-16 PCA
 projection lands strictly between; running only the blocks above the splice gives the
-logits of the whole spliced model. A few hundred tokens each, one torch thread (two
+logits of the whole spliced model; a reference saved and loaded scores the same. A few
+hundred tokens each, one torch thread (two
 threads on two busy cores ran the model ~7x slower here).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,10 +134,14 @@ def test_smollm2_identity_and_zero_decoder_give_scores_one_and_zero(smollm2) -> 
 @pytest.mark.integration
 @needs_smollm2
 def test_smollm2_pca_lands_strictly_between_and_upper_blocks_equal_full_model(
-        smollm2) -> None:
+        smollm2, tmp_path: Path) -> None:
     rows = torch.cat([c.x[c.batch["keep"]] for c in smollm2.clean])
     pca = PCA(rows, k=16)
     metrics = smollm2.score(pca)
+    # A reference saved and loaded (as a sweep's trials would) scores the same.
+    smollm2.save(tmp_path / "reference.safetensors", {"model": "smollm2"})
+    loaded = type(smollm2).load(tmp_path / "reference.safetensors", smollm2.splice.net)
+    assert loaded.score(pca) == metrics
     assert 0.0 < metrics["ce_loss_score"] < 1.0
     assert 0.0 < metrics["kl_div_score"] < 1.0
     assert (metrics["ce_loss_without_sae"] < metrics["ce_loss_with_sae"]
@@ -158,7 +164,8 @@ def minilm(one_thread: None):
 
 @pytest.mark.integration
 @needs_minilm
-def test_minilm_embedding_score_identity_zero_pca_and_upper_blocks(minilm) -> None:
+def test_minilm_embedding_score_identity_zero_pca_and_upper_blocks(minilm,
+                                                                  tmp_path: Path) -> None:
     assert minilm.splice.layer == 3  # hidden_states[3], the middle of 6
     d = minilm.xs[0].shape[-1]
     assert minilm.score(Invertible(d))["embedding_cosine_score"] == pytest.approx(1.0,
@@ -168,7 +175,11 @@ def test_minilm_embedding_score_identity_zero_pca_and_upper_blocks(minilm) -> No
     assert zero["embedding_cos_with_ablation"] < 0.9  # ablation changes the embedding
     rows = torch.cat([x[b["keep"]] for b, x in zip(minilm.batches, minilm.xs, strict=True)])
     pca = PCA(rows, k=16)
-    assert 0.0 < minilm.score(pca)["embedding_cosine_score"] < 1.0
+    metrics = minilm.score(pca)
+    assert 0.0 < metrics["embedding_cosine_score"] < 1.0
+    minilm.save(tmp_path / "reference.safetensors")
+    assert type(minilm).load(tmp_path / "reference.safetensors",
+                             minilm.splice.net).score(pca) == metrics
     assert torch.allclose(minilm.cosines(pca, upper_only=True),
                           minilm.cosines(pca, upper_only=False), atol=1e-5, rtol=0)
     # Sentence-transformers' embedding: unit norm, mean-pooled over the attention mask.
