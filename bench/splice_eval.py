@@ -5,14 +5,15 @@
                                 [--trial-cache DIR] [--no-trial]
 
 Per model (MiniLM's sentence-embedding score, SmolLM2's CE/KL): the load, the one-off
-clean + zero-ablated passes (`build`), and the median seconds of one SAE's spliced pass,
-from the splice upwards (`per_sae_s`) and through the whole model with a hook
-(`per_sae_full_model_s`). The SAE is a random ReLU SAE of `--n-features` (its cost, not
-its quality, is what is timed). Then two trainings of the demo's stage-1 grid through
-`monoscale train` (F=813 at its smallest and largest budget, batch 512, steps from
-sweeps.spec_sizes.isoflop_steps) on a small MiniLM cache, with the same thread count, and
-the fraction of each trial's wall time one SAE's splice evaluation would add. One JSON
-line on stdout, progress on stderr.
+clean + zero-ablated passes (`build`), the median seconds of one SAE's spliced pass from
+the splice upwards (`per_sae_s`) and through the whole model with a hook
+(`per_sae_full_model_s`), the seconds per SAE of `score_many` over 3 SAEs (the clean
+logits shared), and the size and load time of the saved reference. The SAE is a random
+ReLU SAE of `--n-features` (its cost, not its quality, is what is timed). Then two
+trainings of the demo's stage-1 grid through `monoscale train` (F=813 at its smallest and
+largest budget, batch 512, steps from sweeps.spec_sizes.isoflop_steps) on a small MiniLM
+cache, with the same thread count, and the fraction of each trial's wall time that one
+SAE's splice evaluation would add. One JSON line on stdout, progress on stderr.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from sweeps.spec_sizes import isoflop_steps  # noqa: E402
 
 DEMO_BUDGETS = (0.6e12, 4.8e12)  # sweeps/demo.yaml: the smallest and largest
 DEMO_N_FEATURES, DEMO_BATCH, MINILM_D = 813, 512, 384
+N_MANY = 3
 
 
 class RandomReLU:
@@ -89,9 +91,18 @@ def bench_model(name: str, n_tokens: int, n_features: int, reps: int) -> dict[st
         log(f"{name}: rep {rep}: {upper[-1]} s from the splice up, {full[-1]} s whole model")
     n_kept = metrics.get("n_tokens_kl", metrics.get("n_tokens"))
     per_sae = statistics.median(upper)
+    # Several SAEs at once (`monoscale eval SPEC`): the clean logits are shared.
+    many_s = timed(lambda: splice.score_many([coder] * N_MANY))[1]
+    with tempfile.TemporaryDirectory() as tmp:  # what a sweep's trial would load
+        path = Path(tmp) / "reference.safetensors"
+        splice.save(path)
+        loaded_s = timed(lambda: builder.load(path, net))[1]
+        size_mb = round(path.stat().st_size / 2**20, 1)
     return {"n_tokens": n_kept, "load_s": load_s, "reference_s": build_s,
             "per_sae_s": per_sae, "per_sae_full_model_s": statistics.median(full),
-            "per_sae_tokens_per_s": round(n_kept / per_sae), "layer": splice.splice.layer,
+            f"per_sae_in_score_many_of_{N_MANY}_s": round(many_s / N_MANY, 2),
+            "per_sae_tokens_per_s": round(n_kept / per_sae), "reference_file_mb": size_mb,
+            "reference_load_s": loaded_s, "layer": splice.splice.layer,
             "n_layers": net.config.num_hidden_layers}
 
 

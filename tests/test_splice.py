@@ -4,8 +4,8 @@ Truths: an invertible "SAE" (decode = encode⁻¹) recovers the model (score 1, 
 an SAE whose decoder outputs zeros is zero ablation (score exactly 0); a rank-16 PCA
 projection lands strictly between; running only the blocks above the splice gives the
 logits of the whole spliced model; a reference saved and loaded scores the same. A few
-hundred tokens each, one torch thread (two
-threads on two busy cores ran the model ~7x slower here).
+hundred tokens each, one torch thread (two threads on two busy cores ran the model ~7x
+slower here).
 """
 
 from __future__ import annotations
