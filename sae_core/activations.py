@@ -70,12 +70,14 @@ def model_d_in(model: str) -> int:
     return int(_config(model).hidden_size)
 
 
-def load_model(model: str, device: str = "cpu") -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) for an embedded alias, a local path or a hub id."""
+def load_model(model: str, device: str = "cpu", lm_head: bool = False) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) for an embedded alias, a local path or a hub id.
+    lm_head: the causal LM with its output head (splice evaluation), not the bare body."""
     path, kwargs = _source(model)
+    auto = transformers.AutoModelForCausalLM if lm_head else transformers.AutoModel
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kwargs)
-        net = transformers.AutoModel.from_pretrained(path, **kwargs)
+        net = auto.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load model {model!r}: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token is None:  # decoder LMs often have none; padding is dropped anyway
