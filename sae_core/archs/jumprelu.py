@@ -85,10 +85,7 @@ class JumpReLU:
 
     def init(self, d_in: int, n_features: int, generator: torch.Generator) -> SAE:
         sae = SAE(d_in, n_features, self)
-        with torch.no_grad():
-            w = unit_norm.random_rows(n_features, d_in, self.init_decoder_norm, generator)
-            sae.W_dec.copy_(w)
-            sae.W_enc.copy_(w.T)
+        unit_norm.init_tied(sae, self.init_decoder_norm, generator)
         sae.register_parameter("threshold", torch.nn.Parameter(
             torch.full((n_features,), self.init_threshold)))
         return sae

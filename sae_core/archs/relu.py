@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from sae_core import loss
+from sae_core.archs import unit_norm
 from sae_core.device import matmul_autocast
 from sae_core.kernels import ActiveSet, encoder_values, sparse_decode, sparse_enough
 from sae_core.model import SAE, StepContext, StepStats
@@ -39,11 +40,7 @@ class ReLU:
         """Decoder rows in random directions with L2 norm init_decoder_norm; W_enc = W_decᵀ
         at init only; both biases 0 (April-2024 update)."""
         sae = SAE(d_in, n_features, self)
-        with torch.no_grad():
-            w = torch.randn(n_features, d_in, generator=generator)
-            w *= self.init_decoder_norm / w.norm(dim=1, keepdim=True)
-            sae.W_dec.copy_(w)
-            sae.W_enc.copy_(w.T)
+        unit_norm.init_tied(sae, self.init_decoder_norm, generator)
         return sae
 
     def fit_to_data(self, sae: SAE, x: torch.Tensor) -> None:

@@ -96,10 +96,7 @@ class TopK:
 
     def init(self, d_in: int, n_features: int, generator: torch.Generator) -> SAE:
         sae = SAE(d_in, n_features, self)
-        with torch.no_grad():
-            w = unit_norm.random_rows(n_features, d_in, self.init_decoder_norm, generator)
-            sae.W_dec.copy_(w)
-            sae.W_enc.copy_(w.T)
+        unit_norm.init_tied(sae, self.init_decoder_norm, generator)
         if self.batch:  # one value for every latent, as SAELens saves it; -1: not yet set
             sae.register_buffer("threshold", torch.full((n_features,), -1.0))
         return sae
