@@ -22,8 +22,7 @@ from analysis.bootstrap import N_DRAWS, bootstrap_draws, interval, prediction_in
 from analysis.frontier import budget_frontier, pareto_frontier
 from analysis.isoflop import BUDGET_TOL_DEX, assign_budgets
 from analysis.laws import Laws, derived, fit_laws, split_stages
-from analysis.multistart import single_threaded_blas
-from analysis.parametric import HUBER_DELTA, residuals
+from analysis.parametric import HUBER_DELTA, residuals, single_threaded_blas
 from sae_core.errors import UserError
 
 REQUIRED = ("n_features", "compute_flops", "loss")
