@@ -115,6 +115,18 @@ def test_analyze_plan_and_plan_lr(synthetic_csv: Path, tmp_path: Path) -> None:
     assert searched.search.low < 1e-3 < searched.search.high and len(searched.sizes) == 2
 
 
+def test_plan_lr_without_fits_analyzes_the_runs_itself(synthetic_csv: Path, tmp_path: Path) -> None:
+    """plan-lr's --budgets is a count of LR budgets; analyze's --budgets lists IsoFLOP
+    budgets in FLOPs. Without --fits, plan-lr runs the analysis and used to hand its count
+    (3) to it as the IsoFLOP budgets: an IndexError in analysis/isoflop.py."""
+    out = tmp_path / "stage2.yaml"
+    assert run_cli("plan-lr", "--runs-csv", synthetic_csv, "--budgets", "3", "--out", out) == 0
+    spec = yaml.safe_load(out.read_text())
+    assert len(spec["points"]) == 3 and len(spec["grid"]["lr"]) == 5
+    f_opt, _ = TRUTH.optimal_allocation(BUDGETS[-1], K)
+    assert spec["points"][-1]["n_features"] == pytest.approx(f_opt, rel=0.2)
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda df: df.drop(columns=["compute_flops"]), "missing column(s): compute_flops"),
     (lambda df: df.assign(loss=df["loss"].where(df.index != 2)), "NaN or non-positive loss"),
