@@ -46,6 +46,7 @@ INIT_GRID: dict[str, tuple[float, ...]] = {
     "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
 }
 _OPTIONS = {"ftol": 0.0, "gtol": 1e-9, "maxiter": 1000}
+_blas_depth = 0  # nesting of single_threaded_blas: only the outermost call limits threads
 N_POLISH = 8  # starts polished by L-BFGS-B: the lowest of the grid's objective values
 
 
@@ -55,13 +56,21 @@ def single_threaded_blas() -> Iterator[None]:
     L-BFGS-B on 5 parameters: 3.2 ms/iteration with OpenBLAS threads on a loaded 2-core
     machine, 0.27 ms with one). threadpoolctl is a dependency (pyproject.toml); an
     install without it runs BLAS as it is (set OPENBLAS_NUM_THREADS=1 then)."""
+    global _blas_depth
+    if _blas_depth:  # already limited: entering again reads /proc/self/maps, ~3-7 ms a call
+        yield
+        return
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+    _blas_depth += 1
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        _blas_depth -= 1
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ def synthetic_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stage1 = isoflop_runs(TRUTH, BUDGETS, K, seed=3).assign(lr=1e-3)
     budget = assign_budgets(stage1["compute_flops"])
     best = stage1.loc[stage1.groupby(budget)["loss"].idxmin()].iloc[:3]
-    stage2 = lr_runs(best, LR_COEF, LR_EXP, noise_rel=0.001)
+    # curvature 0.5: loss ~5% up half a decade from LR_opt at these losses, as on MiniLM
+    stage2 = lr_runs(best, LR_COEF, LR_EXP, curvature=0.5, noise_rel=0.001)
     path = tmp_path_factory.mktemp("csv") / "runs.csv"
     runs = pd.concat([stage1.drop(index=best.index), stage2])
     runs.assign(batch_size_tokens=BATCH, d_in=D_IN).to_csv(path, index=False)
