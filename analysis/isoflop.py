@@ -2,7 +2,7 @@
 
 Runs are grouped into budgets; at each budget with at least three distinct widths the
 vertex of `loss ~ quadratic(log10 F)` is F_opt(C), and steps_opt(C) = C / (k F_opt). The
-parabola goes through the widths within WINDOW_DEX of the best sampled one: at fixed C the
+parabola goes through the widths near the best sampled one (`window`): at fixed C the
 loss is E + A F^-alpha + B' F^beta, a parabola in log F only near its minimum, and a grid
 extended on one side (as adaptive rounds extend it) pulls an all-widths vertex toward its
 dense side. On planted runs a grid of 64..1024 extended by 2048 and 4096 put the top
@@ -23,8 +23,11 @@ from numpy.typing import ArrayLike
 
 BUDGET_TOL_DEX = 0.05  # Epoch AI's wider tolerance around Chinchilla's nine budgets
 MIN_WIDTHS = 3  # a parabola has three coefficients
-# Best width +-2 steps of a factor-2 grid (0.3 dex), +-1 step of a half-decade one.
+# The window: the widths within WINDOW_DEX of the best (+-2 steps of a factor-2 grid), and
+# never fewer than the WINDOW_WIDTHS nearest it: a half-decade grid of 4 widths (the demo's)
+# keeps all 4, its parabola one residual df rather than none.
 WINDOW_DEX = 0.65
+WINDOW_WIDTHS = 4
 # Interior budgets needed for the IsoFLOP power laws: a line through two points has no
 # check on the law's form; below three the allocation comes from the parametric law.
 MIN_INTERIOR_BUDGETS = 3
@@ -115,9 +118,7 @@ def fit_isoflop(
         n_widths = len(np.unique(log_f))
         if n_widths < MIN_WIDTHS:
             continue
-        inside = np.abs(log_f - log_f[np.argmin(loss)]) <= WINDOW_DEX + 1e-9
-        if len(np.unique(log_f[inside])) < MIN_WIDTHS:  # best on the edge (flagged): all
-            inside = np.ones(len(log_f), bool)
+        inside = window(log_f, loss)
         x_vertex, loss_vertex, curvature = fit_parabola(log_f[inside], loss[inside])
         edge = edge_message(log_f, loss, x_vertex, budget, "n_features", " (more steps)")
         x_v, loss_v = (log_f[np.argmin(loss)], float(loss.min())) if edge else (x_vertex, loss_vertex)
@@ -126,6 +127,14 @@ def fit_isoflop(
                      loss_v, curvature, edge, 10**x_vertex, loss_vertex,
                      10 ** log_f[inside].min(), 10 ** log_f[inside].max()))
     return pd.DataFrame(rows, columns=ISOFLOP_COLUMNS)
+
+
+def window(log_f: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Mask of the runs whose width is in the window around the best run's (log_f: log10 F)."""
+    widths = np.unique(log_f)
+    distance = np.abs(widths - log_f[np.argmin(loss)])
+    nearest = np.sort(distance)[min(WINDOW_WIDTHS, len(widths)) - 1]
+    return np.abs(log_f - log_f[np.argmin(loss)]) <= max(WINDOW_DEX, nearest) + 1e-9
 
 
 def interior_budgets(isoflop: pd.DataFrame) -> list[float]:
