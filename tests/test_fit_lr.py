@@ -103,3 +103,69 @@ def test_refine_specs_join_the_first_rounds_sweep(tmp_path: Path) -> None:
     moved[0]["edge"] = "minimum at the largest lr at C=6e+11 FLOPs: add larger lr at C=6e+11 FLOPs"
     groups = lr_refine_specs({"lr_optima": moved}, lr_spec)
     assert sorted(len(s["points"]) for s in groups) == [1, 2]
+
+
+def before_this_change(lr_runs: pd.DataFrame, n_draws: int, rng: np.random.Generator) -> tuple[float, list[float]]:
+    """The earlier estimator and interval: a parabola of loss through every LR of a point,
+    runs resampled within each point keeping 3 distinct LRs."""
+    def exponent(runs: pd.DataFrame) -> float:
+        rows = [(g["compute_flops"].iloc[0], fit_parabola(np.log10(g["lr"].to_numpy()), g["loss"].to_numpy())[0])
+                for _, g in runs.groupby(["n_features", "n_steps"])]
+        return fit_power_law([c for c, _ in rows], [10**v for _, v in rows]).exponent
+
+    def resample(runs: pd.DataFrame) -> pd.DataFrame:
+        parts = []
+        for _, g in runs.groupby(["n_features", "n_steps"]):
+            while len(np.unique(pick := rng.integers(0, len(g), len(g)))) < 3:
+                pass
+            parts.append(g.iloc[pick])
+        return pd.concat(parts)
+
+    draws = []
+    for _ in range(n_draws):
+        try:
+            draws.append(exponent(resample(lr_runs)))
+        except UserError:
+            continue
+    return exponent(lr_runs), list(np.percentile(draws, [2.5, 97.5]))
+
+
+@pytest.mark.integration
+def test_lr_estimators_compared() -> None:
+    """Bias, 95% interval width and coverage of the LR exponent over 60 replicates of the
+    whole protocol (tests/test_fit_coverage.py: stage 1 and LR points at the law's optimum,
+    LR_opt ∝ C^-0.3, 0.3% noise), for the earlier estimator and the window, with the
+    demo's first round alone (15 LR runs) and with the refining round (21), on the MiniLM
+    shape and on a symmetric and a 4x asymmetric quadratic. Prints the table (pytest -s);
+    asserts the window's row on the MiniLM shape after refining."""
+    from planted_runs import MINILM_LR_SHAPE
+    from test_fit_coverage import BATCH, D_IN, LR_EXPONENT, protocol
+
+    from analysis.report import analyze
+
+    shapes = {"MiniLM": MINILM_LR_SHAPE, "quadratic 0.15/0.6": (0.15, 2.0, 0.6, 2.0),
+              "symmetric 0.3": (0.3, 2.0, 0.3, 2.0)}
+    rows = []
+    for shape_name, shape in shapes.items():
+        for refine in (False, True):
+            found: dict[str, list[tuple[float, list[float]]]] = {"before": [], "window": []}
+            rng = np.random.default_rng(0)
+            for rep in range(60):
+                runs = protocol(2_000 + rep, shape, refine)
+                lr_runs = runs.groupby(["n_features", "n_steps"]).filter(lambda g: g["lr"].nunique() >= 3)
+                found["before"].append(before_this_change(lr_runs, 100, rng))
+                fits = analyze(runs, batch_size_tokens=BATCH, d_in=D_IN, n_draws=100, seed=rep)
+                found["window"].append((fits["lr_opt"]["exponent"], fits["lr_opt"]["exponent_ci95"]))
+            for name, results in found.items():
+                values = np.array([v for v, _ in results])
+                cis = np.array([ci for _, ci in results])
+                rows.append({"shape": shape_name, "LR runs": 21 if refine else 15, "estimator": name,
+                             "bias": values.mean() - LR_EXPONENT, "sd": values.std(),
+                             "ci95 width (median)": float(np.median(cis[:, 1] - cis[:, 0])),
+                             "coverage": float(np.mean((cis[:, 0] <= LR_EXPONENT) & (LR_EXPONENT <= cis[:, 1]))),
+                             "excludes 0": float(np.mean(cis[:, 1] < 0))})
+    table = pd.DataFrame(rows)
+    print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    ours = table[(table["shape"] == "MiniLM") & (table["LR runs"] == 21) & (table["estimator"] == "window")].iloc[0]
+    assert abs(ours["bias"]) < 0.03 and ours["ci95 width (median)"] <= 0.5 and ours["excludes 0"] >= 0.95
+    assert 0.9 <= ours["coverage"]
