@@ -137,7 +137,17 @@ def test_lr_estimators_compared() -> None:
     LR_opt ∝ C^-0.3, 0.3% noise), for the earlier estimator and the window, with the
     demo's first round alone (15 LR runs) and with the refining round (21), on the MiniLM
     shape and on a symmetric and a 4x asymmetric quadratic. Prints the table (pytest -s);
-    asserts the window's row on the MiniLM shape after refining."""
+    asserts the window's row on the MiniLM shape after refining. Measured (33 min on 2
+    busy cores), bias / sd / median 95% width / coverage / excluding zero:
+      MiniLM, 15 runs      before -0.238 0.017 1.248 1.000 0.633   window 0.008 0.011 0.070 1.000 1.000
+      MiniLM, 21 runs      before -0.238 0.017 0.753 0.867 0.967   window 0.003 0.009 0.110 1.000 1.000
+      quadratic, 15 runs   before -0.095 0.008 0.335 1.000 1.000   window 0.006 0.008 0.063 1.000 1.000
+      quadratic, 21 runs   before -0.102 0.008 0.324 1.000 1.000   window 0.006 0.018 0.159 1.000 0.983
+      symmetric, 15 runs   before -0.001 0.007 0.052 0.950 1.000   window 0.000 0.011 0.079 1.000 1.000
+      symmetric, 21 runs   before -0.001 0.007 0.040 0.967 1.000   window -0.001 0.009 0.050 0.933 1.000
+    With 15 runs the window parabolas pass exactly through their 3 LRs and the draws borrow
+    stage 1's scatter (0.5% here); with 21 they use the windows' own residuals, misfit
+    included: wider, and from the LR curves themselves."""
     from planted_runs import MINILM_LR_SHAPE
     from test_fit_coverage import BATCH, D_IN, LR_EXPONENT, protocol
 
