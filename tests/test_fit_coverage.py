@@ -21,7 +21,7 @@ widths kept in every draw) and after (fixed design, deviations redrawn at both l
 (* the edge slope, interval 0.20 wide; after: the parametric a.) The LR exponent's
 interval before (all-points parabola, runs resampled) covered all 60 replicates of this
 protocol's first round at a median width of 1.25, excluding zero in 63% of them
-(tests/test_fit_lr.py's comparison). After, this protocol over 200 replicates x 100 draws:
+(tests/lr_estimators.py). After, this protocol over 200 replicates x 100 draws:
 F_opt exponent 0.965, LR exponent 0.99, PI at 4x 0.975. The LR exponent's interval is on
 the safe side: the window parabola's misfit to the MiniLM-shaped curve enters its
 residuals (sd ~0.9% where the planted noise is 0.3%) and so the deviations the draws get.
