@@ -8,13 +8,14 @@ Where F_opt(C), steps_opt(C) and the frontier loss L(C) come from: the IsoFLOP v
 the budgets whose minimum lies inside the sampled widths, when there are at least
 MIN_INTERIOR_BUDGETS of them; else the parametric law, whose optimum has a closed form at
 every C. The point fit decides, and every bootstrap draw uses the same source and the same
-budgets (their vertices as the draw's parabolas put them, even beyond the sampled widths):
+budgets (their vertices as the draw's parabolas put them, also beyond the sampled widths):
 a draw that switched source would mix two estimators in one interval, and one that dropped
 a budget whose vertex left the grid would change the estimator and truncate the spread.
-A draw whose parabola opens downward at one of those budgets leaves that budget out (its
-vertex is undefined, not beyond the grid) while MIN_INTERIOR_BUDGETS remain.
+A draw whose parabola opens downward at one of those budgets, or puts its vertex more than
+isoflop.WINDOW_DEX beyond its widths, leaves that budget out (isoflop.vertices_at) while
+MIN_INTERIOR_BUDGETS remain.
 
-A draw's losses scatter about the parametric law's fitted losses (report.py), whose
+A draw's losses scatter about the parametric law's fitted losses (bootstrap.py), whose
 IsoFLOP vertices are not quite the data's; each draw's vertices are moved by the data's
 vertex minus the fitted losses' (`VertexShift`), so the intervals are about the data's
 vertices. The parametric and LR estimates need no such move: refitting the fitted values
