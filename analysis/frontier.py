@@ -22,18 +22,3 @@ def pareto_frontier(runs: pd.DataFrame) -> pd.DataFrame:
     best_so_far = ordered["loss"].cummin().shift(fill_value=np.inf)
     return ordered[ordered["loss"] < best_so_far].reset_index(drop=True)
 
-
-def lower_convex_hull(runs: pd.DataFrame) -> pd.DataFrame:
-    """Pareto runs on the lower convex hull of (log C, log L): the frontier a mix of
-    budgets can reach; kinks between hull points mark budgets where no run is efficient."""
-    front = pareto_frontier(runs)
-    pts = np.column_stack([np.log(front["compute_flops"]), np.log(front["loss"])])
-    hull: list[int] = []
-    for i, p in enumerate(pts):
-        while len(hull) >= 2:
-            o, a = pts[hull[-2]], pts[hull[-1]]
-            if (a[0] - o[0]) * (p[1] - o[1]) - (a[1] - o[1]) * (p[0] - o[0]) > 0:
-                break  # counter-clockwise turn: a stays on the lower hull
-            hull.pop()
-        hull.append(i)
-    return front.iloc[hull].reset_index(drop=True)

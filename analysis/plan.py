@@ -3,7 +3,7 @@
 METHOD.md s2, stage 3: extrapolate the laws to the large run's budget and train it with
 the predicted F, steps and LR. F and steps come from the parametric law's compute-optimal
 allocation (F_opt = G (C/k)^a); the predicted loss carries a 95% prediction interval
-(bootstrap draws of the law times the fit's run-to-run scatter, bootstrap.py).
+(bootstrap draws of the law times the run-to-run scatter of a new run, scatter.py).
 """
 
 from __future__ import annotations
@@ -35,13 +35,36 @@ def parametric_from_fits(fits: dict[str, Any]) -> ParametricFit:
     )
 
 
-def _draw_fits(fits: dict[str, Any]) -> list[ParametricFit]:
+def _drawn_losses(fits: dict[str, Any], n_features: int, n_steps: int) -> np.ndarray:
+    """The loss each bootstrap draw's law predicts at (F, S): [n_draws], NaN where a draw
+    has no law."""
     draws = fits.get("bootstrap", {}).get("draws", {})
     if not all(k in draws for k in PARAMETRIC_KEYS):
-        return []
+        return np.zeros(0)
     rows = zip(*(draws[k] for k in PARAMETRIC_KEYS), strict=True)
-    return [ParametricFit(E=e, A=a, B=b, alpha=alpha, beta=beta, objective=np.nan, n_runs=0)
-            for e, a, b, alpha, beta in rows if None not in (e, a, b, alpha, beta)]
+    out = []
+    for e, a, b, alpha, beta in rows:
+        if None in (e, a, b, alpha, beta):
+            out.append(np.nan)
+            continue
+        law = ParametricFit(E=e, A=a, B=b, alpha=alpha, beta=beta, objective=np.nan, n_runs=0)
+        out.append(float(law.predict(n_features, n_steps)))
+    return np.array(out, dtype=float)
+
+
+def _prediction_interval(fits: dict[str, Any], drawn: np.ndarray) -> list[float] | None:
+    """95% PI of a new run from the draws: each with the scatter sd it was drawn with
+    (run_scatter_sd); a fits.json from before that column combines every draw with every
+    residual of the point fit."""
+    boot = fits.get("bootstrap", {})
+    sd = boot.get("draws", {}).get("run_scatter_sd")
+    if sd is not None and len(sd) == len(drawn):
+        return prediction_interval(drawn, np.array([np.nan if v is None else v for v in sd], dtype=float))
+    residuals = np.asarray(boot.get("log_residuals", []), dtype=float)
+    finite = drawn[np.isfinite(drawn)]
+    if not (len(finite) and len(residuals)):
+        return None
+    return interval((finite[:, None] * np.exp(-residuals)[None, :]).ravel())
 
 
 def round_features(n_features: float, power_of_two: bool) -> int:
@@ -91,9 +114,7 @@ def plan_run(
     if fits.get("lr_opt"):
         lr = float(fits["lr_opt"]["coefficient"] * compute ** fits["lr_opt"]["exponent"])
         lr_source = "LR law"
-    draws = _draw_fits(fits)
-    drawn = np.array([float(d.predict(n_features, n_steps)) for d in draws])
-    log_res = np.asarray(fits.get("bootstrap", {}).get("log_residuals", []), dtype=float)
+    drawn = _drawn_losses(fits, int(n_features), n_steps)
     top_budget = max((row["compute_flops"] for row in fits.get("frontier", [])), default=np.nan)
     plan: dict[str, Any] = {
         "n_features": int(n_features),
@@ -101,7 +122,7 @@ def plan_run(
         "lr": lr,
         "compute_flops": compute,
         "predicted_loss": float(law.predict(n_features, n_steps)),
-        "predicted_loss_pi95": prediction_interval(drawn, log_res) if len(drawn) and len(log_res) else None,
+        "predicted_loss_pi95": _prediction_interval(fits, drawn),
         "predicted_loss_ci95": interval(drawn) if len(drawn) else None,
         "lr_source": lr_source,
         "extrapolation_factor": compute / top_budget if np.isfinite(top_budget) else None,

@@ -1,6 +1,7 @@
-"""The scaling plots (issue 4): each function returns a matplotlib Figure; cli.py saves them.
+"""The scaling plots: each function returns a matplotlib Figure; cli.py saves them.
 
-Inputs are the runs table (docs/CONTRACTS.md) and the fits.json dict (report.py).
+Figures arrange the panels of panels.py; their legends sit outside the data (beside or
+below the axes) and their tick labels are plain numbers.
 """
 
 from __future__ import annotations
@@ -12,145 +13,109 @@ import matplotlib
 matplotlib.use("Agg")  # no screen: files only
 
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from analysis.isoflop import assign_budgets  # noqa: E402
-
-COMPUTE_LABEL = "training compute C (FLOPs)"
-
-
-def _tidy_log_axes(fig: Figure) -> Figure:
-    """No minor-tick labels on log x axes: over less than a decade they overlap."""
-    for ax in fig.axes:
-        if ax.get_xscale() == "log":
-            ax.xaxis.set_minor_formatter(NullFormatter())
-    return fig
-
-
-def _compute_grid(fits: dict[str, Any], runs: pd.DataFrame) -> np.ndarray:
-    top = max(float(runs["compute_flops"].max()), fits["prediction"]["compute_flops"])
-    return np.geomspace(float(runs["compute_flops"].min()), top, 100)
+from analysis.panels import (  # noqa: E402
+    LEGEND,
+    ci_text,
+    draw_allocation,
+    draw_isoflop,
+    draw_loss_vs_compute,
+    draw_lr_curves,
+    draw_lr_law,
+    draw_prediction,
+    plain_ticks,
+)
 
 
-def _band(ax: Any, c: np.ndarray, fits: dict[str, Any], name: str, color: str) -> None:
-    """95% band of coefficient C^exponent over the bootstrap draws, when they exist."""
-    draws = fits.get("bootstrap", {}).get("draws", {})
-    coef, expo = draws.get(f"{name}_coefficient"), draws.get(f"{name}_exponent")
-    if not coef or not expo:
+def _outside_legend(ax: Axes, below: bool = False, ncol: int = 2) -> None:
+    if not ax.get_legend_handles_labels()[0]:
         return
-    pairs = np.array([(k, e) for k, e in zip(coef, expo, strict=True) if k is not None and e is not None])
-    if len(pairs) < 10:
-        return
-    curves = pairs[:, :1] * c[None, :] ** pairs[:, 1:]
-    lo, hi = np.percentile(curves, [2.5, 97.5], axis=0)
-    ax.fill_between(c, lo, hi, color=color, alpha=0.2, label="95% bootstrap band")
+    if below:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, **LEGEND)
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, **LEGEND)
+
+
+def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, Any]:
+    return plt.subplots(1, ncols, figsize=(width, height), layout="constrained")
 
 
 def loss_vs_compute(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
-    """Every run coloured by F, the Pareto frontier and the fitted L(C) = E + A C^c."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
-    sc = ax.scatter(runs["compute_flops"], runs["loss"], c=runs["n_features"], cmap="viridis",
-                    norm=LogNorm(), s=22, edgecolor="k", linewidth=0.3, label="runs")
-    fig.colorbar(sc, ax=ax, label="n_features F")
-    front = pd.DataFrame(fits["frontier"])
-    ax.plot(front["compute_flops"], front["loss"], "k.", ms=6, label="frontier (best loss so far)")
-    iso = pd.DataFrame(fits["isoflop"])
-    if not iso.empty:
-        ax.plot(iso["compute_flops"], iso["loss_opt"], "rD", ms=5, mfc="none", label="IsoFLOP minima")
-    law = fits["loss_vs_compute"]
-    if law.get("coefficient") is not None:
-        c = _compute_grid(fits, runs)
-        e = law["irreducible"]["value"]
-        ax.plot(c, e + law["coefficient"] * c ** law["exponent"], "r-",
-                label=f"L = {e:.3g} + {law['coefficient']:.3g} C^{law['exponent']:.3f} ({law['source']})")
-    ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel="final held-out loss",
-           title="Loss against compute")
-    ax.legend(fontsize=8)
+    fig, ax = _figure(8.5, 5.5)
+    draw_loss_vs_compute(ax, runs, fits)
+    ax.set_title("Loss against compute")
+    _outside_legend(ax, below=True)
     return fig
 
 
 def isoflop_curves(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
-    """Loss against F at each IsoFLOP budget, its parabola and its minimum."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
-    iso = pd.DataFrame(fits["isoflop"])
-    if iso.empty:
-        ax.text(0.5, 0.5, "no budget with >= 3 widths", ha="center", transform=ax.transAxes)
-        return fig
-    if "lr" in runs.columns and fits.get("lr_stage1"):  # stage-1 runs only
-        runs = runs[np.isclose(runs["lr"], fits["lr_stage1"], rtol=1e-9)]
-    label = assign_budgets(runs["compute_flops"], fits.get("budget_tol_dex", 0.05), iso["compute_flops"])
-    colors = plt.cm.plasma(np.linspace(0, 0.85, len(iso)))
-    for color, row in zip(colors, iso.itertuples(), strict=True):
-        group = runs[label == row.compute_flops]
-        x = np.log10(group["n_features"].to_numpy(dtype=float))
-        ax.plot(10**x, group["loss"], "o", color=color, ms=4, label=f"C = {row.compute_flops:.2g}")
-        xs = np.linspace(x.min() - 0.1, x.max() + 0.1, 50)
-        ax.plot(10**xs, np.polyval(np.polyfit(x, group["loss"], 2), xs), "-", color=color, lw=1)
-        ax.plot(row.n_features_opt, row.loss_opt, "*", color=color, ms=12, mec="k",
-                mew=0.5 if not row.edge else 2.0)
-    ax.set(xscale="log", xlabel="n_features F", ylabel="final held-out loss",
-           title="IsoFLOP curves (star: F_opt; thick edge: flagged)")
-    ax.legend(fontsize=7, ncol=2)
+    fig, ax = _figure(8.0, 4.8)
+    draw_isoflop(ax, runs, fits)
+    ax.set_title("IsoFLOP curves: a parabola near the best width, its vertex F_opt")
+    _outside_legend(ax)
     return fig
 
 
 def allocation(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
-    """F_opt(C) and steps_opt(C): IsoFLOP minima, power-law fits, 95% bands, the prediction."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    iso = pd.DataFrame(fits["isoflop"])
-    c = _compute_grid(fits, runs)
-    pred = fits["prediction"]
-    for ax, name, col, key, ylabel in (
-        (axes[0], "features", "n_features_opt", "features_opt", "optimal n_features F_opt"),
-        (axes[1], "steps", "n_steps_opt", "steps_opt", "optimal steps S_opt"),
-    ):
-        if not iso.empty:
-            ax.plot(iso["compute_flops"], iso[col], "ko", label="IsoFLOP minima")
-        law = fits[key]
-        if law.get("coefficient") is not None and law.get("exponent") is not None:
-            ax.plot(c, law["coefficient"] * c ** law["exponent"], "b-",
-                    label=f"{law['source']}: {law['coefficient']:.3g} C^{law['exponent']:.3f}")
-        _band(ax, c, fits, name, "b")
-        point = pred[col]
-        if point.get("value") is not None and point.get("ci95") and None not in point["ci95"]:
-            ax.errorbar(pred["compute_flops"], point["value"], fmt="rs",
-                        yerr=[[max(0.0, point["value"] - point["ci95"][0])],
-                              [max(0.0, point["ci95"][1] - point["value"])]],
-                        label="parametric optimum at target (95% CI)")
-        ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=ylabel)
-        ax.legend(fontsize=8)
-    fig.suptitle("Compute-optimal allocation")
+    fig, axes = _figure(12, 5.2, 2)
+    for ax, which in zip(axes, ("features", "steps"), strict=True):
+        draw_allocation(ax, runs, fits, which)
+        _outside_legend(ax, below=True)
+    fig.suptitle(f"Compute-optimal allocation (from {fits['features_opt']['source']})")
     return fig
 
 
 def lr_curves(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
-    """Loss against LR at each swept point, and LR_opt against compute with its law."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    optima = pd.DataFrame(fits.get("lr_optima", []))
-    colors = plt.cm.viridis(np.linspace(0, 0.85, max(len(optima), 1)))
-    for color, row in zip(colors, optima.itertuples(), strict=False):
-        group = runs[(runs["n_features"] == row.n_features) & (runs["n_steps"] == row.n_steps)].sort_values("lr")
-        axes[0].plot(group["lr"], group["loss"], "o-", color=color, ms=4, label=f"C = {row.compute_flops:.2g}")
-        axes[0].plot(row.lr_opt, row.loss_opt, "*", color=color, ms=12, mec="k")
-    axes[0].set(xscale="log", xlabel="learning rate", ylabel="final held-out loss", title="Loss against LR")
-    if not optima.empty:
-        axes[1].plot(optima["compute_flops"], optima["lr_opt"], "ko", label="LR_opt per budget")
-    if fits.get("lr_opt"):
-        c = _compute_grid(fits, runs)
-        law = fits["lr_opt"]
-        axes[1].plot(c, law["coefficient"] * c ** law["exponent"], "b-",
-                     label=f"{law['coefficient']:.3g} C^{law['exponent']:.3f}")
-        _band(axes[1], c, fits, "lr", "b")
-    axes[1].set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel="optimal learning rate",
-                title="LR_opt against compute")
+    fig, axes = _figure(12, 5.2, 2)
+    draw_lr_curves(axes[0], runs, fits)
+    axes[0].set_title("Loss against LR: a parabola near the best LR, its vertex LR_opt")
+    draw_lr_law(axes[1], runs, fits)
+    axes[1].set_title("LR_opt against compute")
     for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        _outside_legend(ax, below=True)
     return fig
+
+
+def summary(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
+    """One page: IsoFLOP curves, loss against compute, F_opt(C), loss against LR, LR_opt(C),
+    and the planned run's predicted against achieved loss."""
+    fig = plt.figure(figsize=(16, 12), layout="constrained")
+    grid = fig.subplots(2, 3)
+    draw_isoflop(grid[0, 0], runs, fits)
+    draw_loss_vs_compute(grid[0, 1], runs, fits, colorbar=False)
+    draw_allocation(grid[0, 2], runs, fits, "features")
+    if fits.get("lr_optima"):
+        draw_lr_curves(grid[1, 0], runs, fits)
+        draw_lr_law(grid[1, 1], runs, fits)
+    else:
+        for ax in grid[1, :2]:
+            ax.axis("off")
+            ax.text(0.5, 0.5, "no LR stage (monoscale plan-lr)", ha="center", transform=ax.transAxes)
+    draw_prediction(grid[1, 2], fits)
+    titles = ["IsoFLOP curves", "Loss against compute", "Compute-optimal F",
+              "Loss against LR", "LR_opt against compute", None]
+    if not fits.get("lr_optima"):
+        titles[3:5] = [None, None]
+    for ax, title in zip(grid.ravel(), titles, strict=True):
+        if title:
+            ax.set_title(title)
+        _outside_legend(ax, below=True, ncol=1)
+    fig.suptitle(_headline(fits), fontsize=11)
+    return fig
+
+
+def _headline(fits: dict[str, Any]) -> str:
+    """The laws in one or two lines, exponents with their 95% intervals."""
+    parts = []
+    for key, name in (("features_opt", "F_opt"), ("steps_opt", "steps_opt"), ("lr_opt", "LR_opt"),
+                      ("loss_vs_compute", "L - E")):
+        law = fits.get(key)
+        if law and law.get("exponent") is not None:
+            parts.append(f"{name} ∝ C^{law['exponent']:.2f} {ci_text(law.get('exponent_ci95'))}")
+    return f"{fits['n_runs']} runs: " + ",   ".join(parts)
 
 
 def all_figures(runs: pd.DataFrame, fits: dict[str, Any]) -> dict[str, Figure]:
@@ -162,4 +127,9 @@ def all_figures(runs: pd.DataFrame, fits: dict[str, Any]) -> dict[str, Figure]:
     }
     if fits.get("lr_optima"):
         figs["lr"] = lr_curves(runs, fits)
-    return {name: _tidy_log_axes(fig) for name, fig in figs.items()}
+    figs["summary"] = summary(runs, fits)
+    for fig in figs.values():
+        fig.canvas.draw()  # the limits are final only now: then the plain tick labels
+        for ax in fig.axes:
+            plain_ticks(ax)
+    return figs

@@ -4,6 +4,8 @@
     loss_vs_compute   frontier loss L(C) = irreducible + coefficient C^exponent
     features_opt      F_opt(C) = coefficient C^exponent    (IsoFLOP minima, else parametric)
     steps_opt         steps_opt(C) = coefficient C^exponent
+                      each of these three: source ("isoflop" or "parametric"), source_reason,
+                      budgets_flops (the IsoFLOP budgets used; [] for parametric)
     lr_opt            LR_opt(C) = coefficient C^exponent    (only with an LR stage)
     prediction        F_opt, steps_opt, LR_opt and loss (ci95, pi95) at target_compute_flops
     edge_flags, isoflop, lr_optima, n_runs, bootstrap (draws for `plan`)
@@ -18,12 +20,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.bootstrap import N_DRAWS, bootstrap_draws, interval, prediction_interval
+from analysis.bootstrap import (
+    N_DRAWS,
+    RESAMPLED,
+    design_points,
+    fixed_design_draws,
+    interval,
+    prediction_interval,
+)
 from analysis.frontier import budget_frontier, pareto_frontier
 from analysis.isoflop import BUDGET_TOL_DEX, assign_budgets
-from analysis.laws import Laws, derived, fit_laws, split_stages
-from analysis.multistart import single_threaded_blas
-from analysis.parametric import HUBER_DELTA, residuals
+from analysis.laws import Laws, allocation_source, derived, fit_laws, split_stages
+from analysis.lr_law import WINDOW_DEX
+from analysis.parametric import HUBER_DELTA, residuals, single_threaded_blas
 from sae_core.compute import flops_per_feature_step as flops_per_feature_step_of
 from sae_core.errors import UserError
 
@@ -85,28 +94,25 @@ def edge_flags(laws: Laws, tol_dex: float) -> list[str]:
     if laws.lr_optima is not None:
         flags += [e for e in laws.lr_optima["edge"] if e]
         if laws.lr_law is None:
-            flags.append(f"LR law needs >= 2 compute budgets with >= 3 learning rates each, got "
-                         f"{len(laws.lr_optima)}: run `monoscale plan-lr` with --budgets >= 2")
+            flags.append(f"LR law needs >= 2 compute budgets with >= 3 learning rates each and "
+                         f"the optimum inside them, got {len(laws.lr_points)} of "
+                         f"{len(laws.lr_optima)}: run `monoscale plan-lr` with --budgets >= 2, "
+                         "or refine the flagged ones")
     return flags
 
 
-def _allocation_laws(
-    laws: Laws, point: dict[str, float], draws: pd.DataFrame, k: float
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """F_opt(C) and steps_opt(C): from the IsoFLOP minima, else from the parametric law."""
-    if laws.features_law is not None and laws.steps_law is not None:
-        return (
-            _law(point["features_coefficient"], point["features_exponent"], draws, "features_exponent", "isoflop"),
-            _law(point["steps_coefficient"], point["steps_exponent"], draws, "steps_exponent", "isoflop"),
-        )
-    # F_opt = G (C/k)^a and steps_opt = (C/k)^(1-a) / G
-    p = laws.parametric
-    a_draws = draws["a"] if "a" in draws else pd.Series(dtype=float)
-    features = {"coefficient": p.G * k**-p.a, "exponent": p.a, "source": "parametric",
-                "exponent_ci95": interval(a_draws)}
-    steps = {"coefficient": k ** (p.a - 1) / p.G, "exponent": 1 - p.a, "source": "parametric",
-             "exponent_ci95": interval(1 - a_draws)}
-    return features, steps
+def _allocation_laws(laws: Laws, point: dict[str, float], draws: pd.DataFrame) -> dict[str, Any]:
+    """features_opt, steps_opt and loss_vs_compute: each from the IsoFLOP vertices of the
+    interior budgets, else from the parametric law (laws.py), saying which and why."""
+    _, reason = allocation_source(laws.isoflop)
+    where = {"source": laws.allocation_source, "source_reason": reason,
+             "budgets_flops": list(laws.allocation_budgets)}
+    out = {key: {**_law(point[f"{name}_coefficient"], point[f"{name}_exponent"], draws,
+                        f"{name}_exponent", ""), **where}
+           for key, name in (("features_opt", "features"), ("steps_opt", "steps"),
+                             ("loss_vs_compute", "loss"))}
+    out["loss_vs_compute"]["irreducible"] = _value(point["loss_irreducible"], draws.get("loss_irreducible"))
+    return out
 
 
 def analyze(
@@ -144,23 +150,9 @@ def _analyze(
     laws = fit_laws(stage1, lr_runs, k, tol_dex, budgets, lr_band, starts)
     point = derived(laws, k, target)
 
-    # Bootstrap: resample within budgets (stage 1) and within LR points (stage 2).
-    both = pd.concat([stage1.assign(_lr=False), lr_runs.assign(_lr=True)], ignore_index=True)
-    stratum = bootstrap_strata(stage1["compute_flops"], lr_runs["compute_flops"], tol_dex, budgets)
-    warm = laws.parametric.as_vector()
-
-    def derive(draw: pd.DataFrame) -> dict[str, float]:
-        drawn = fit_laws(draw[~draw["_lr"]], draw[draw["_lr"]], k, tol_dex, budgets, lr_band, warm)
-        return derived(drawn, k, target)
-
-    design = [c for c in ("n_features", "n_steps", "lr") if c in both]
-    design_point = both[design].astype(str).agg(" ".join, axis=1)
-    draws = bootstrap_draws(both, derive, n_draws, seed, pd.Series(stratum), design_point)
-    if draws.empty:
-        draws = pd.DataFrame(columns=list(point))
-    log_res = residuals(laws.parametric, stage1["n_features"], stage1["n_steps"], stage1["loss"])
+    draws, scatter, lr_scatter = fixed_design_draws(stage1, lr_runs, laws, point, k, target, tol_dex,
+                                                    budgets, lr_band, n_draws, seed)
     p, iso = laws.parametric, laws.isoflop
-    features, steps = _allocation_laws(laws, point, draws, k)
     fits: dict[str, Any] = {
         "n_runs": len(runs), "n_runs_stage1": len(stage1), "n_runs_lr": len(lr_runs),
         "flops_per_feature_step": k, "batch_size_tokens": batch_size_tokens, "d_in": d_in,
@@ -169,19 +161,14 @@ def _analyze(
             **{name: _value(point[name], draws.get(name)) for name in ("E", "A", "B", "alpha", "beta", "a")},
             "objective": p.objective, "huber_delta": HUBER_DELTA, "G": p.G,
         },
-        "loss_vs_compute": {
-            **_law(point["loss_coefficient"], point["loss_exponent"], draws, "loss_exponent",
-                   "IsoFLOP minima" if (iso["edge"] == "").sum() >= 3 else "pareto frontier"),
-            "irreducible": _value(point["loss_irreducible"], draws.get("loss_irreducible")),
-        },
-        "features_opt": features,
-        "steps_opt": steps,
+        **_allocation_laws(laws, point, draws),
         "prediction": {
             "compute_flops": target,
             "n_features_opt": _value(point["target_n_features"], draws.get("target_n_features")),
             "n_steps_opt": _value(point["target_n_steps"], draws.get("target_n_steps")),
             "loss": {**_value(point["target_loss"], draws.get("target_loss")),
-                     "pi95": prediction_interval(draws.get("target_loss", pd.Series(dtype=float)), log_res)},
+                     "pi95": prediction_interval(draws.get("target_loss", pd.Series(dtype=float)),
+                                                 draws.get("run_scatter_sd", pd.Series(dtype=float)))},
         },
         "edge_flags": edge_flags(laws, tol_dex),
         "isoflop": iso.to_dict("records"),
@@ -191,26 +178,26 @@ def _analyze(
         )[["budget_flops", *FRONTIER_COLUMNS]].to_dict("records"),
         "bootstrap": {
             "n_draws": n_draws, "seed": seed, "n_failed": int(draws.isna().all(axis=1).sum()),
-            "stratified_by": "compute budget (stage 1), LR point (stage 2)",
+            "resampled": RESAMPLED,
             "draws": {c: draws[c].tolist() for c in draws.columns},
-            "log_residuals": log_res.tolist(),
+            "log_residuals": residuals(p, stage1["n_features"], stage1["n_steps"], stage1["loss"]).tolist(),
+            # log-loss sd of a run about the law: its design point's (u) and its seed's (e)
+            "run_scatter": {"design_point_sd": scatter.point_sd, "design_point_df": scatter.point_df,
+                            "seed_sd": scatter.seed_sd, "seed_df": scatter.seed_df,
+                            "n_replicated_points": int((stage1.groupby(design_points(stage1)).size() > 1).sum())},
+            "lr_scatter": lr_scatter,
         },
     }
     if laws.lr_law is not None and laws.lr_optima is not None:
-        fits["lr_opt"] = _law(point["lr_coefficient"], point["lr_exponent"], draws, "lr_exponent",
-                              "near-optimal band" if lr_band else "parabola in log lr")
+        fits["lr_opt"] = {
+            **_law(point["lr_coefficient"], point["lr_exponent"], draws, "lr_exponent",
+                   "near-optimal band" if lr_band else
+                   f"window parabola (log loss in log10 lr, within {WINDOW_DEX} dex of the best)"),
+            "points": [{"n_features": f, "n_steps": s} for f, s in laws.lr_points],
+        }
         fits["lr_optima"] = laws.lr_optima.to_dict("records")
         fits["prediction"]["lr_opt"] = _value(point["target_lr"], draws.get("target_lr"))
     return to_json_safe(fits)
-
-
-def bootstrap_strata(stage1_flops: pd.Series, lr_flops: pd.Series, tol_dex: float,
-                     budgets: list[float] | None) -> np.ndarray:
-    """The stratum of each run, stage 1's then the LR runs': stage-1 runs by budget, grouped
-    among themselves as the IsoFLOP fit groups them (an LR run's compute must not move a
-    budget's window), and each LR point its own stratum (negative, apart from budgets)."""
-    return np.concatenate([assign_budgets(stage1_flops, tol_dex, budgets),
-                           -np.asarray(lr_flops, dtype=float)])
 
 
 def format_summary(fits: dict[str, Any]) -> str:
@@ -226,7 +213,10 @@ def format_summary(fits: dict[str, Any]) -> str:
                 and fits[key].get("coefficient") is not None:
             law = fits[key]
             lines.append(f"{key}: {law['coefficient']:.4g} * C^{law['exponent']:.4f} "
-                         f"(exponent 95% CI {_ci(law['exponent_ci95'])})")
+                         f"(exponent 95% CI {_ci(law['exponent_ci95'])}; {law.get('source', '?')})")
+    if fits.get("features_opt", {}).get("source_reason"):
+        law = fits["features_opt"]
+        lines.append(f"F_opt, steps_opt and frontier loss from {law['source']}: {law['source_reason']}")
     lines.append(
         f"at C={pred['compute_flops']:.3g}: F_opt={_num(pred['n_features_opt']['value'])} "
         f"steps_opt={_num(pred['n_steps_opt']['value'])} loss={_num(pred['loss']['value'])} "

@@ -56,7 +56,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     cmd = sub.add_parser("plan-lr", help="write the stage-2 LR sweep spec at compute-optimal points")
     _source(cmd, fits=True)
-    cmd.add_argument("--budgets", type=int, default=3, metavar="K", help="number of budgets (default 3)")
+    # dest n_budgets: without --fits, _fit() reads args.budgets as analyze's IsoFLOP budgets
+    cmd.add_argument("--budgets", type=int, default=3, metavar="K", dest="n_budgets",
+                     help="number of budgets (default 3)")
     cmd.add_argument("--lr-span-dex", type=float, default=1.0, help="width of the LR grid in dex")
     cmd.add_argument("--n-lrs", type=int, default=5, help="LR grid points per budget")
     cmd.add_argument("--search-trials", type=int, metavar="N",
@@ -324,7 +326,7 @@ def _plan_lr(args: argparse.Namespace) -> int:
         absolute = (sweep.path.parent / cache["path"]).resolve()
         cache["path"] = os.path.relpath(absolute, Path(args.out).resolve().parent)
         raw["cache"] = cache
-    spec = lr_sweep_spec(fits, args.budgets, raw, args.lr_span_dex, args.n_lrs, args.search_trials)
+    spec = lr_sweep_spec(fits, args.n_budgets, raw, args.lr_span_dex, args.n_lrs, args.search_trials)
     text = yaml.safe_dump(spec, sort_keys=False)
     write_text_atomic(args.out, text)
     print(text, end="")

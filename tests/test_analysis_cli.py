@@ -30,7 +30,8 @@ def synthetic_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stage1 = isoflop_runs(TRUTH, BUDGETS, K, seed=3).assign(lr=1e-3)
     budget = assign_budgets(stage1["compute_flops"])
     best = stage1.loc[stage1.groupby(budget)["loss"].idxmin()].iloc[:3]
-    stage2 = lr_runs(best, LR_COEF, LR_EXP, noise_rel=0.001)
+    # curvature 0.5: loss ~5% up half a decade from LR_opt at these losses, as on MiniLM
+    stage2 = lr_runs(best, LR_COEF, LR_EXP, curvature=0.5, noise_rel=0.001)
     path = tmp_path_factory.mktemp("csv") / "runs.csv"
     runs = pd.concat([stage1.drop(index=best.index), stage2])
     runs.assign(batch_size_tokens=BATCH, d_in=D_IN).to_csv(path, index=False)
@@ -112,6 +113,18 @@ def test_analyze_plan_and_plan_lr(synthetic_csv: Path, tmp_path: Path) -> None:
     searched = load_spec(spec2)
     assert searched.search is not None and searched.search.n_trials == 6
     assert searched.search.low < 1e-3 < searched.search.high and len(searched.sizes) == 2
+
+
+def test_plan_lr_without_fits_analyzes_the_runs_itself(synthetic_csv: Path, tmp_path: Path) -> None:
+    """plan-lr's --budgets is a count of LR budgets; analyze's --budgets lists IsoFLOP
+    budgets in FLOPs. Without --fits, plan-lr runs the analysis and used to hand its count
+    (3) to it as the IsoFLOP budgets: an IndexError in analysis/isoflop.py."""
+    out = tmp_path / "stage2.yaml"
+    assert run_cli("plan-lr", "--runs-csv", synthetic_csv, "--budgets", "3", "--out", out) == 0
+    spec = yaml.safe_load(out.read_text())
+    assert len(spec["points"]) == 3 and len(spec["grid"]["lr"]) == 5
+    f_opt, _ = TRUTH.optimal_allocation(BUDGETS[-1], K)
+    assert spec["points"][-1]["n_features"] == pytest.approx(f_opt, rel=0.2)
 
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from functools import partial
-
-import numpy as np
-import pandas as pd
 import pytest
 from planted_runs import isoflop_runs
 
-from analysis.bootstrap import bootstrap_draws, interval
-from analysis.isoflop import assign_budgets
-from analysis.parametric import ParametricFit, fit_parametric
+from analysis.parametric import ParametricFit
 from analysis.plan import plan_run
 from analysis.report import analyze
 
@@ -38,7 +32,7 @@ def test_exponents_within_their_intervals(fits: dict) -> None:
     assert p["alpha"]["value"] == pytest.approx(TRUTH.alpha, abs=0.05)
     assert p["beta"]["value"] == pytest.approx(TRUTH.beta, abs=0.05)
     # F_opt ∝ C^a with a = beta / (alpha + beta), from the IsoFLOP minima (their intervals'
-    # coverage over replicates: test_allocation_exponent_interval_coverage):
+    # coverage over replicates: tests/test_fit_coverage.py):
     assert fits["features_opt"]["source"] == "isoflop"
     assert fits["features_opt"]["exponent"] == pytest.approx(TRUTH.a, abs=0.02)
     assert fits["steps_opt"]["exponent"] == pytest.approx(1 - TRUTH.a, abs=0.02)
@@ -74,66 +68,6 @@ def test_plan_for_a_fixed_width(fits: dict) -> None:
     both = plan_run(fits, compute_flops=c, n_features=1024, power_of_two=True)
     assert both["n_features"] == 1024 and both["n_steps"] == round(c / (K * 1024))
     assert plan_run(fits, compute_flops=c, power_of_two=True)["n_features"] in (1024, 2048, 4096)
-
-
-@pytest.mark.parametrize(("n_reps", "n_draws"), [
-    (20, 30), pytest.param(40, 60, marks=pytest.mark.integration)])
-def test_alpha_interval_coverage(n_reps: int, n_draws: int) -> None:
-    """Over replicate datasets the 95% interval of alpha covers the truth ~95% of the time
-    (accept 80-100%: few draws per replicate, a point fit warm-started at the truth; the
-    global search itself is tested on Chinchilla). The long version is marked integration."""
-    covered = 0
-    for rep in range(n_reps):
-        runs = isoflop_runs(TRUTH, BUDGETS, K, noise_rel=0.01, seed=100 + rep)
-        start = fit_parametric(*_columns(runs), starts=TRUTH.as_vector()).as_vector()
-        derive = partial(_alpha, start=start)
-        strata = pd.Series(assign_budgets(runs["compute_flops"]))
-        ci = interval(bootstrap_draws(runs, derive, n_draws, seed=rep, strata=strata)["alpha"])
-        covered += ci is not None and inside(TRUTH.alpha, ci)
-    assert 0.8 * n_reps <= covered <= n_reps, f"covered {covered}/{n_reps}"
-
-
-def test_allocation_exponent_interval_coverage() -> None:
-    """The 95% interval of the IsoFLOP F_opt exponent covers the truth in most replicate
-    datasets (accept 8-10 of 10 at 50 draws each). Measured on seeds 1-12 with 100 draws:
-    before the bootstrap kept 3 widths per budget 12 covered (mean width 0.054), after 11
-    (0.058): with 6 widths per budget the condition rarely binds."""
-    covered = 0
-    for rep in range(10):
-        runs = isoflop_runs(TRUTH, BUDGETS, K, noise_rel=0.01, seed=200 + rep)
-        ci = analyze(runs, batch_size_tokens=BATCH, d_in=D_IN, n_draws=50,
-                     seed=rep)["features_opt"]["exponent_ci95"]
-        covered += inside(TRUTH.a, ci)
-    assert 8 <= covered <= 10, f"covered {covered}/10"
-
-
-def test_resample_keeps_three_design_points_per_stratum() -> None:
-    """4 widths per budget, as in the demo: plain resampling leaves a budget under 3
-    distinct widths in 1 - 168/256 = 34% of draws per budget; with `points`, never."""
-    from analysis.bootstrap import resample
-
-    runs = pd.DataFrame({"budget": [1.0] * 4 + [2.0] * 4, "n_features": [1, 2, 3, 4] * 2})
-    rng = np.random.default_rng(0)
-
-    def fewest(points: pd.Series | None) -> list[int]:
-        out = []
-        for _ in range(200):
-            draw = resample(runs, rng, runs["budget"], points)
-            assert len(draw) == 8 and (draw["budget"] == 1.0).sum() == 4
-            out.append(int(draw.groupby("budget")["n_features"].nunique().min()))
-        return out
-
-    assert min(fewest(runs["n_features"])) == 3
-    plain = fewest(None)
-    assert 0.45 < np.mean([n < 3 for n in plain]) < 0.7  # either budget: 1 - (168/256)^2 = 0.57
-
-
-def _columns(runs: pd.DataFrame) -> tuple[pd.Series, ...]:
-    return runs["n_features"], runs["n_steps"], runs["loss"]
-
-
-def _alpha(draw: pd.DataFrame, start: np.ndarray) -> dict[str, float]:
-    return {"alpha": fit_parametric(*_columns(draw), starts=start).alpha}
 
 
 @pytest.mark.parametrize(("centre_dex", "hint"), [(-0.9, "add larger n_features"),
