@@ -63,6 +63,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--n-lrs", type=int, default=5, help="LR grid points per budget")
     cmd.add_argument("--search-trials", type=int, metavar="N",
                      help="an Optuna TPE search over log LR (N trials) instead of the grid")
+    cmd.add_argument("--refine", action="store_true", help="SPEC is a finished stage-2 LR "
+                     "sweep and --fits its analysis: add a finer round of LRs around each "
+                     "point's best (same sweep name: only the new runs train)")
     cmd.add_argument("--out", required=True, metavar="SPEC2.yaml")
     cmd.set_defaults(func=_plan_lr)
 
@@ -316,7 +319,7 @@ def _plan_lr(args: argparse.Namespace) -> int:
     import yaml
 
     from analysis.outputs import write_text_atomic
-    from analysis.plan_lr import lr_sweep_spec
+    from analysis.plan_lr import lr_refine_specs, lr_sweep_spec
 
     fits, sweep = _fits_or_analyze(args)
     raw = dict(sweep.raw) if sweep else None
@@ -326,8 +329,20 @@ def _plan_lr(args: argparse.Namespace) -> int:
         absolute = (sweep.path.parent / cache["path"]).resolve()
         cache["path"] = os.path.relpath(absolute, Path(args.out).resolve().parent)
         raw["cache"] = cache
-    spec = lr_sweep_spec(fits, args.n_budgets, raw, args.lr_span_dex, args.n_lrs, args.search_trials)
-    text = yaml.safe_dump(spec, sort_keys=False)
-    write_text_atomic(args.out, text)
-    print(text, end="")
+    if args.refine:
+        if not (args.fits and raw):
+            raise UserError("--refine needs the stage-2 SPEC and --fits of its analysis")
+        specs = lr_refine_specs(fits, raw)
+        if not specs:
+            raise UserError("every point's LR optimum is already bracketed by its grid's "
+                            "neighbours: nothing to refine")
+    else:
+        specs = [lr_sweep_spec(fits, args.n_budgets, raw, args.lr_span_dex, args.n_lrs,
+                               args.search_trials)]
+    out = Path(args.out)
+    for i, spec in enumerate(specs):  # one spec per set of points that share their new LRs
+        path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
+        text = yaml.safe_dump(spec, sort_keys=False)
+        write_text_atomic(path, text)
+        print(f"# {path}\n{text}", end="")
     return 0
