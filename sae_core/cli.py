@@ -123,14 +123,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
+    from sae_core.input_files import load_yaml
 
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of RunConfig fields")
     return data

@@ -203,10 +203,9 @@ def _fits_or_analyze(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"no {what} file at {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not JSON ({err})") from err
+    from sae_core.input_files import load_json
+
+    data = load_json(path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     return data
