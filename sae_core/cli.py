@@ -114,12 +114,31 @@ def _train(args: argparse.Namespace) -> int:
         raise CacheError(f"cache {data['cache_dir']} holds d={cache.d_in} activations, the "
                          f"config asks for d_in={data['d_in']}")
     cfg = RunConfig.from_dict(data)
+    _check_fits(cfg, cache)
 
     from sae_core.run import run_from_cache
 
     metrics = run_from_cache(cfg, Path(args.out))
     print(json.dumps(metrics))
     return 0
+
+
+def _check_fits(cfg: Any, cache: Any) -> None:
+    """What the run would only find out while training: a batch larger than the cache,
+    a device torch cannot use, weights that cannot fit on it."""
+    from sae_core.compute import training_memory_bytes
+    from sae_core.device import memory_bytes, resolve_device
+
+    if cfg.batch_size_tokens > cache.n_train_tokens:
+        raise UserError(f"batch_size_tokens: {cfg.batch_size_tokens} tokens per batch, but the "
+                        f"cache at {cache.path} holds {cache.n_train_tokens} training rows: "
+                        "every batch would repeat rows")
+    device = resolve_device(cfg.device)
+    need = training_memory_bytes(cfg.d_in, cfg.n_features, cfg.batch_size_tokens)
+    if need > (have := memory_bytes(device)):
+        raise UserError(f"n_features: F={cfg.n_features} at d_in={cfg.d_in} needs at least "
+                        f"{need / 2**30:.3g} GiB to train, more than the {have / 2**30:.3g} GiB "
+                        f"of {device}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

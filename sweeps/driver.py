@@ -21,7 +21,8 @@ from pathlib import Path
 from sae_core.config import RunConfig
 from sae_core.errors import UserError
 from sweeps import tracking
-from sweeps.cache_setup import prepare_cache
+from sweeps.cache_setup import cache_facts, prepare_cache
+from sweeps.preflight import check_runs, preflight
 from sweeps.spec import SweepSpec, expand
 
 DEFAULT_STORAGE = ".monoscale"
@@ -68,14 +69,14 @@ def format_table(configs: list[RunConfig], states: dict[str, dict] | None = None
 def submit(spec: SweepSpec, where: Where, address: str | None = None,
            parent_tags: dict[str, str] | None = None) -> int:
     """Run every grid point that has no FINISHED run yet. Returns 0 when all have one."""
-    from cluster.local import connect, probe
+    from cluster.local import connect
     from sweeps.trial import FAIL_ONCE_ENV, TrialContext
     from sweeps.tune_runner import TuneOptions, run_grid
 
-    tracking.check_tracking_uri(where.tracking_uri)
-    if address:
-        probe(address)
-    configs = plan(spec)
+    preflight(spec, where.tracking_uri, address)  # what --dry-run checks, building nothing
+    cache = prepare_cache(spec)  # built now if missing, then checksummed
+    configs = expand(spec, cache.d_in)
+    check_runs(spec, configs, cache_facts(cache), local=address is None)
     # The store is prepared while Ray starts: its SQL module imported (1.3 s of CPU here),
     # a new one copied from the template or an old one migrated.
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -66,8 +66,6 @@ def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise UserError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
-    elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
 def prepare_store(uri: str) -> None:
@@ -84,6 +82,8 @@ def prepare_store(uri: str) -> None:
         return
     plain_sqlite = uri.startswith("sqlite:///") and "?" not in uri
     path = Path(uri.removeprefix("sqlite:///")) if plain_sqlite else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     if path is not None and not path.exists():
         try:
             _copy_atomically(_empty_store_template(), path)

@@ -69,3 +69,75 @@ def test_a_key_given_twice_is_refused_in_specs_run_configs_and_plans(
                  + ', "n_features": 128, "n_steps": 10}')
     refused(capsys, ["submit", good, "--plan", plan, "--dry-run"], "plan.json",
             "'n_features' given twice", untouched=tmp_path)
+
+
+# ---- what a trial uses, checked on the driver -------------------------------------------
+@pytest.mark.parametrize("base, resources, fragments", [
+    (", device: gpu0", "", ("base.device", "'gpu0' is not a device")),
+    (", device: cuda", "", ("base.device", "needs resources.gpu > 0")),
+    (", device: 'cuda:1'", "resources: {cpu: 1, gpu: 0.5}\n", ("base.device",
+                                                                 "sees only the 1 GPU")),
+    (", batch_size_tokens: 500000", "", ("base.batch_size_tokens", "199920 training rows")),
+    ("", "resources: {cpu: 4096}\n", ("resources.cpu", "Ray would never start a trial")),
+])
+def test_a_field_a_trial_would_die_on_is_refused_by_dry_run_and_submit_alike(
+        tmp_path: Path, synthetic_cache: Path, capsys: pytest.CaptureFixture, base: str,
+        resources: str, fragments: tuple[str, ...]) -> None:
+    spec = write(tmp_path / "s.yaml", FAST_SPEC.format(cache=synthetic_cache, base=base)
+                 .replace("batch_size_tokens: 256, ", "" if "batch" in base else
+                          "batch_size_tokens: 256, ") + resources)
+    for extra in (["--dry-run"], []):  # the same checks, before anything exists
+        refused(capsys, ["submit", spec, "--storage", tmp_path / "store", *extra], *fragments,
+                untouched=tmp_path)
+    assert not (tmp_path / "store").exists()
+
+
+SYNTHETIC_BUILD = ", build: {{synthetic: {{d_in: 8, n_true_features: 16, n_tokens: 4000{}}}}}"
+
+
+@pytest.mark.parametrize("build, fragments", [
+    (", n_tokenz: 10", ("cache.build.synthetic.n_tokenz: unknown key",)),
+    (", l0: 20", ("cache.build.synthetic", "l0 must lie in (0, n_true_features=16)")),
+    (", dtype: float8", ("cache.build.synthetic.dtype: must be one of",)),
+])
+def test_dry_run_refuses_the_cache_build_a_submit_refuses(
+        tmp_path: Path, capsys: pytest.CaptureFixture, build: str,
+        fragments: tuple[str, ...]) -> None:
+    cache = f"{tmp_path / 'cache'}{SYNTHETIC_BUILD.format(build)}"
+    spec = write(tmp_path / "s.yaml", f"name: f\ncache: {{path: {cache}}}\n"
+                 "grid: {n_features: [16], n_steps: [10]}\n")
+    for extra in (["--dry-run"], []):
+        refused(capsys, ["submit", spec, "--storage", tmp_path / "store", *extra], *fragments,
+                untouched=tmp_path)
+
+
+def test_a_cache_built_from_other_settings_than_cache_build_is_never_used(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sae_core.synthetic import PlantedDictionary, build_synthetic_cache
+
+    build_synthetic_cache(tmp_path / "cache", PlantedDictionary(d_in=8, n_true_features=32),
+                          4000)
+    spec = write(tmp_path / "s.yaml", f"name: f\ncache: {{path: {tmp_path / 'cache'}"
+                 f"{SYNTHETIC_BUILD.format('')}}}\nbase: {{batch_size_tokens: 256}}\n"
+                 "grid: {n_features: [16], n_steps: [10]}\n")
+    for extra in (["--dry-run"], []):
+        refused(capsys, ["submit", spec, "--storage", tmp_path / "store", *extra],
+                "cache.path", "built from other settings", "n_true_features 32, asked 16",
+                untouched=tmp_path)
+    # the same settings, `l0: 4` in the spec against the builder's 4.0: the same cache
+    write(tmp_path / "s.yaml", spec.read_text().replace("n_true_features: 16",
+                                                        "n_true_features: 32, l0: 4"))
+    assert main(["submit", str(spec), "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--batch-size-tokens", "500000"], ("batch_size_tokens", "199920 training rows")),
+    (["--n-features", "10000000000"], ("n_features", "GiB to train")),
+    (["--device", "gpu0"], ("device 'gpu0' is not a torch device",)),
+])
+def test_train_refuses_what_it_would_only_find_out_while_training(
+        tmp_path: Path, synthetic_cache: Path, capsys: pytest.CaptureFixture,
+        flags: list[str], fragments: tuple[str, ...]) -> None:
+    argv = ["train", "--cache", synthetic_cache, "--n-features", "32", "--n-steps", "10",
+            *flags, "--out", tmp_path / "run"]
+    refused(capsys, argv, *fragments, untouched=tmp_path)
