@@ -2,7 +2,8 @@
 
 A source (synthetic.py, array_files.py, activations.py) is a `produce(writer)` function
 that feeds rows to a `CacheWriter` and returns what it learned (e.g. a text checksum).
-`build_cache` builds into a hidden sibling directory and renames it into place after meta.json is written, so a half-built cache is never mistaken
+`build_cache` builds into a hidden sibling directory (sae_core/cache_staging.py) and
+renames it into place after meta.json is written, so a half-built cache is never mistaken
 for a cache; a cache built from the same request (same fingerprint) is reused instead of
 rebuilt, and one built from another request is refused.
 """
@@ -13,10 +14,8 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from sae_core.cache import (
     sha256_file,
     to_storage,
 )
+from sae_core.cache_staging import remove_dead_builds, staging_folder
 
 SHARD_BYTES = 1 << 28  # 256 MiB shards: a few files per million tokens, each one mmap
 EVAL_FRACTION = 0.02  # held-out split: 2% of the rows ...
@@ -157,10 +157,8 @@ def build_cache(out_dir: str | Path, request: dict[str, Any], n_tokens: int, dty
         return cache
     if reuse_only:
         raise CacheMissing(f"no activation cache at {out_dir}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp_dir.mkdir()
-    try:
+    remove_dead_builds(out_dir)
+    with staging_folder(out_dir) as tmp_dir:
         started = time.perf_counter()
         writer = CacheWriter(tmp_dir, n_tokens, dtype)
         found = produce(writer)
@@ -180,8 +178,6 @@ def build_cache(out_dir: str | Path, request: dict[str, Any], n_tokens: int, dty
             if (cache := _reusable(out_dir, key, asked)) is not None:  # another build won
                 return cache
             raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)  # gone already when it was published
     return ActivationCache.open(out_dir, verify="size")
 
 

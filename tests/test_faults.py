@@ -141,3 +141,38 @@ def test_train_refuses_what_it_would_only_find_out_while_training(
     argv = ["train", "--cache", synthetic_cache, "--n-features", "32", "--n-steps", "10",
             *flags, "--out", tmp_path / "run"]
     refused(capsys, argv, *fragments, untouched=tmp_path)
+
+
+# ---- leftovers of killed builds ---------------------------------------------------------
+def test_a_rebuild_removes_the_staging_folders_of_dead_builders_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cache"
+    hold = ("import sys, time; from pathlib import Path; "
+            "from sae_core.cache_staging import staging_folder\n"
+            "with staging_folder(Path(sys.argv[1])) as f:\n"
+            "    (f / 'staging.npy').write_bytes(bytes(1 << 20)); print(f, flush=True); "
+            "time.sleep(120)")
+    builders = [subprocess.Popen([sys.executable, "-c", hold, str(out)], text=True,
+                                 stdout=subprocess.PIPE) for _ in range(2)]
+    dead, alive = (Path(b.stdout.readline().strip()) for b in builders)  # type: ignore[union-attr]
+    builders[0].kill()  # SIGKILL mid-build: its folder and lock file stay behind
+    builders[0].wait()
+    old = tmp_path / ".cache.tmp-0badc0de"  # a build that never locked (older monoscale)
+    (old / "staging.npy").parent.mkdir()
+    (old / "staging.npy").write_bytes(bytes(1000))
+    for path in (old, old / "staging.npy"):
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    try:
+        assert main(["cache", "--synthetic", "--d-in", "8", "--n-true-features", "16",
+                     "--n-tokens", "2000", "--out", str(out)]) == 0
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == sorted(["cache", alive.name, alive.name + ".lock"]), left
+        assert dead.name in capsys.readouterr().err  # said what it removed
+    finally:
+        builders[1].kill()
+        builders[1].wait()
