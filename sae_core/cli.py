@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,7 @@ def _train(args: argparse.Namespace) -> int:
                          f"config asks for d_in={data['d_in']}")
     cfg = RunConfig.from_dict(data)
     _check_fits(cfg, cache)
+    _check_out(Path(args.out))
 
     from sae_core.run import run_from_cache
 
@@ -139,6 +141,27 @@ def _check_fits(cfg: Any, cache: Any) -> None:
         raise UserError(f"n_features: F={cfg.n_features} at d_in={cfg.d_in} needs at least "
                         f"{need / 2**30:.3g} GiB to train, more than the {have / 2**30:.3g} GiB "
                         f"of {device}")
+
+
+def _check_out(out: Path) -> None:
+    """--out is a new or empty folder, or one holding an unfinished run (its checkpoint,
+    which the run resumes from); never a file, a finished run or someone's files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: give a new folder for the run")
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    finished = [n for n in ("sae.safetensors", "metrics.json", "cfg.json") if n in names]
+    if finished:
+        raise UserError(f"--out {out} holds a finished run ({', '.join(finished)}): give a new "
+                        "folder, or remove it to train again")
+    other = [n for n in names if not n.startswith("checkpoint")]
+    if other:
+        raise UserError(f"--out {out} holds files that are not a run's ({', '.join(other[:3])}"
+                        f"{', ...' if len(other) > 3 else ''}): give a new or empty folder")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not a folder this user can write into")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -60,7 +60,8 @@ def _submit(args: argparse.Namespace) -> int:
 
         spec, parent_tags = planned_sweep(spec, Path(args.plan))
     if getattr(args, "dry_run", False):
-        configs = preflight(spec, where.tracking_uri, args.address)  # submit's checks
+        configs = preflight(spec, where.tracking_uri, where.storage_dir,
+                            args.address)  # submit's checks
         print(format_table(configs))
         total = sum(c.compute_flops for c in configs)
         search = (f" x {spec.search.n_trials} lr trials (TPE over [{spec.search.low:g}, "

@@ -24,6 +24,7 @@ from sweeps import tracking
 from sweeps.cache_setup import cache_facts, prepare_cache
 from sweeps.preflight import check_runs, preflight
 from sweeps.spec import SweepSpec, expand
+from sweeps.store import check_store, normalize_tracking_uri
 
 DEFAULT_STORAGE = ".monoscale"
 
@@ -36,7 +37,8 @@ class Where:
     @classmethod
     def resolve(cls, storage: str | None, tracking_uri: str | None) -> Where:
         storage_dir = Path(storage or DEFAULT_STORAGE).resolve()
-        return cls(storage_dir, tracking_uri or tracking.default_tracking_uri(storage_dir))
+        return cls(storage_dir, normalize_tracking_uri(tracking_uri) if tracking_uri
+                   else tracking.default_tracking_uri(storage_dir))
 
     @property
     def artifact_root(self) -> Path | None:
@@ -73,7 +75,8 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
     from sweeps.trial import FAIL_ONCE_ENV, TrialContext
     from sweeps.tune_runner import TuneOptions, run_grid
 
-    preflight(spec, where.tracking_uri, address)  # what --dry-run checks, building nothing
+    # What --dry-run checks, building and writing nothing:
+    preflight(spec, where.tracking_uri, where.storage_dir, address)
     cache = prepare_cache(spec)  # built now if missing, then checksummed
     configs = expand(spec, cache.d_in)
     check_runs(spec, configs, cache_facts(cache), local=address is None)
@@ -190,6 +193,7 @@ def audit(spec: SweepSpec, configs: list[RunConfig], target: tracking.TrackingTa
 def status(spec: SweepSpec, where: Where) -> str:
     """The grid points with their state and final loss, read from MLflow."""
     tracking.check_tracking_uri(where.tracking_uri)
+    check_store(where.tracking_uri, write=False)
     try:
         configs = [] if spec.search else plan(spec, build=False, verify="size")
     except UserError:  # no cache yet: show what MLflow holds

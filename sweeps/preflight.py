@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from pathlib import Path
 
 from sae_core.compute import training_memory_bytes
 from sae_core.config import RunConfig
@@ -19,15 +20,20 @@ from sweeps import tracking
 from sweeps.cache_setup import CacheFacts, check_cache
 from sweeps.spec import SweepSpec, expand
 from sweeps.spec_values import SpecError
+from sweeps.store import check_store, check_writable_dir
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # sae_core/device.py's names
 _INT64_MAX = 2**63 - 1  # the trainer counts tokens in int64 tensors
 
 
-def preflight(spec: SweepSpec, tracking_uri: str, address: str | None) -> list[RunConfig]:
+def preflight(spec: SweepSpec, tracking_uri: str, storage_dir: Path, address: str | None
+              ) -> list[RunConfig]:
     """The grid points, after every check that starts and writes nothing: the tracking
-    store, the Ray address, the cache against the spec, each trial's fields."""
+    store and the storage folder (whole, writable), the Ray address, the cache against
+    the spec, each trial's fields."""
+    check_writable_dir(storage_dir, "--storage")
     tracking.check_tracking_uri(tracking_uri)
+    check_store(tracking_uri, write=True)
     if address:
         from cluster.local import probe
 

@@ -33,6 +33,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 
 from sae_core.config import RunConfig
 from sae_core.errors import UserError
+from sweeps.store import check_store
 
 # Every tag monoscale writes, named once.
 TAG_PARENT = "mlflow.parentRunId"
@@ -80,6 +81,7 @@ def prepare_store(uri: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if uri.startswith(("http://", "https://")):
         return
+    check_store(uri, write=True)  # damaged, read-only: one line, before MLflow retries
     plain_sqlite = uri.startswith("sqlite:///") and "?" not in uri
     path = Path(uri.removeprefix("sqlite:///")) if plain_sqlite else None
     if path is not None:
@@ -185,6 +187,7 @@ def find_sweep(uri: str, sweep: str) -> TrackingTarget | None:
     """The sweep's target if it was ever submitted to this store; creates nothing."""
     if _no_store(uri):
         return None
+    check_store(uri, write=False)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(sweep)
     parent = _parent(client, experiment.experiment_id, sweep) if experiment else None
@@ -276,6 +279,7 @@ def finished_runs(uri: str, sweep: str) -> list[RunRecord]:
     (a sweep logged elsewhere than one experiment per sweep is still found)."""
     if _no_store(uri):
         raise UserError(f"no MLflow store at {uri}: submit the sweep first or pass --tracking-uri")
+    check_store(uri, write=False)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(sweep)
     ids = [experiment.experiment_id] if experiment else [

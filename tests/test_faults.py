@@ -176,3 +176,110 @@ def test_a_rebuild_removes_the_staging_folders_of_dead_builders_only(
     finally:
         builders[1].kill()
         builders[1].wait()
+
+
+# ---- storage faults ---------------------------------------------------------------------
+@pytest.fixture
+def real_store(tmp_path: Path) -> Path:
+    """A store holding one sweep's parent run, as a first submit leaves it."""
+    from sweeps import tracking
+
+    store = tmp_path / "store"
+    uri = tracking.default_tracking_uri(store)
+    tracking.prepare_store(uri)
+    tracking.open_sweep(uri, "f", 1, store / "mlartifacts", tmp_path / "s.yaml")
+    return store / "mlflow.db"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_a_damaged_store_is_named_and_left_as_it_is(
+        tmp_path: Path, synthetic_cache: Path, real_store: Path, capsys: pytest.CaptureFixture,
+        damage: str) -> None:
+    data = real_store.read_bytes()
+    real_store.write_bytes(data[:len(data) // 2] if damage == "truncated"
+                           else b"\0" * 100 + data[100:])
+    spec = write(tmp_path / "s.yaml", FAST_SPEC.format(cache=synthetic_cache, base=""))
+    storage = ["--storage", real_store.parent]
+    for argv in (["submit", spec, *storage], ["submit", spec, *storage, "--dry-run"],
+                 ["status", spec, *storage], ["analyze", spec, *storage, "--out",
+                                                tmp_path / "fits"]):
+        refused(capsys, argv, f"MLflow store {real_store} is damaged", untouched=tmp_path)
+
+
+@pytest.fixture
+def read_only(tmp_path: Path):
+    """Make paths read-only for this process: chattr +i as root (who ignores modes)."""
+    import os
+    import shutil
+    import subprocess
+
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        if os.geteuid() == 0:
+            if shutil.which("chattr") is None or subprocess.run(
+                    ["chattr", "+i", str(path)], capture_output=True).returncode:
+                pytest.skip("root, and no chattr +i here: cannot make a read-only path")
+        else:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        made.append(path)
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_a_read_only_store_fails_in_seconds_naming_it(
+        tmp_path: Path, synthetic_cache: Path, real_store: Path, read_only,
+        capsys: pytest.CaptureFixture) -> None:
+    import time
+
+    spec = write(tmp_path / "s.yaml", FAST_SPEC.format(cache=synthetic_cache, base=""))
+    read_only(real_store)
+    started = time.monotonic()
+    refused(capsys, ["submit", spec, "--storage", real_store.parent], f"{real_store}",
+            "read-only", untouched=tmp_path)
+    # status only reads: it still works on a read-only store
+    assert main(["status", str(spec), "--storage", str(real_store.parent)]) == 0
+    empty = tmp_path / "empty"  # a read-only folder and no store yet: MLflow retried 114 s
+    empty.mkdir()
+    read_only(empty)
+    refused(capsys, ["submit", spec, "--storage", empty], f"{empty}", "read-only",
+            untouched=tmp_path)
+    assert time.monotonic() - started < 15
+
+
+def test_storage_and_tracking_uris_that_no_trial_could_share(
+        tmp_path: Path, synthetic_cache: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweeps.driver import Where
+
+    spec = write(tmp_path / "s.yaml", FAST_SPEC.format(cache=synthetic_cache, base=""))
+    (tmp_path / "afile").write_text("mine")
+    refused(capsys, ["submit", spec, "--storage", tmp_path / "afile"], "--storage",
+            "is a file", untouched=tmp_path)
+    for uri, fragment in (("sqlite://", "in-memory"), ("./mlruns", "file store"),
+                          ("ftp://h/x", "unknown scheme")):
+        refused(capsys, ["submit", spec, "--tracking-uri", uri, "--dry-run"], fragment,
+                untouched=tmp_path)
+    # a relative SQLite path names one file for the driver and for every Ray worker
+    monkeypatch.chdir(tmp_path)
+    assert Where.resolve(None, "sqlite:///runs.db").tracking_uri == \
+        f"sqlite:///{tmp_path / 'runs.db'}"
+
+
+def test_train_out_never_overwrites_a_file_a_run_or_someone_elses_folder(
+        tmp_path: Path, synthetic_cache: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["train", "--cache", synthetic_cache, "--n-features", "32", "--n-steps", "10",
+            "--batch-size-tokens", "256", "--out"]
+    (tmp_path / "afile").write_text("mine")
+    refused(capsys, [*argv, tmp_path / "afile"], "afile is a file", untouched=tmp_path)
+    assert main([str(a) for a in [*argv, tmp_path / "run"]]) == 0
+    capsys.readouterr()
+    refused(capsys, [*argv, tmp_path / "run"], "holds a finished run", untouched=tmp_path)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "cfg.txt").write_text("mine")
+    refused(capsys, [*argv, tmp_path / "notes"], "not a run's (cfg.txt)", untouched=tmp_path)
