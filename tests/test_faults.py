@@ -283,3 +283,40 @@ def test_train_out_never_overwrites_a_file_a_run_or_someone_elses_folder(
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "cfg.txt").write_text("mine")
     refused(capsys, [*argv, tmp_path / "notes"], "not a run's (cfg.txt)", untouched=tmp_path)
+
+
+# ---- data that is not what it seems -----------------------------------------------------
+def _arrays() -> dict[str, object]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((500, 4))
+    with_nan, too_big = real.copy(), real.copy()
+    with_nan[7, 2], too_big[3, 1] = np.nan, 1e300
+    return {"complex": (real + 1j * real).astype(np.complex64), "bool": real > 0,
+            "records": np.zeros((500, 4), dtype=[("a", "f4"), ("b", "f4")]),
+            "text": np.full((500, 4), "a"), "nan": with_nan, "beyond_float32": too_big}
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("complex", "complex values (the imaginary part would be dropped)"),
+    ("bool", "holds booleans"), ("records", "not numbers"), ("text", "not numbers"),
+    ("nan", "row 7 holds NaN or inf"), ("beyond_float32", "row 3 holds NaN or inf"),
+])
+def test_an_array_that_is_not_real_activations_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture, name: str, fragment: str) -> None:
+    import numpy as np
+
+    file = tmp_path / f"{name}.npy"
+    np.save(file, _arrays()[name])
+    refused(capsys, ["cache", "--npy", file, "--out", tmp_path / "c"], f"{file}", fragment,
+            untouched=tmp_path)
+
+
+def test_complex_safetensors_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"acts": torch.randn(100, 4, dtype=torch.complex64)}, tmp_path / "a.safetensors")
+    refused(capsys, ["cache", "--npy", tmp_path / "a.safetensors", "--out", tmp_path / "c"],
+            "C64", "complex values", untouched=tmp_path)
