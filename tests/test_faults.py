@@ -320,3 +320,61 @@ def test_complex_safetensors_are_refused(tmp_path: Path, capsys: pytest.CaptureF
     save_file({"acts": torch.randn(100, 4, dtype=torch.complex64)}, tmp_path / "a.safetensors")
     refused(capsys, ["cache", "--npy", tmp_path / "a.safetensors", "--out", tmp_path / "c"],
             "C64", "complex values", untouched=tmp_path)
+
+
+# ---- plans and analyses that should not be trusted ---------------------------------------
+@pytest.fixture(scope="module")
+def runs_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An IsoFLOP sweep drawn from a known law (d_in 64, batch 256, budgets to 1e12)."""
+    from planted_runs import isoflop_runs
+
+    from analysis.parametric import ParametricFit
+
+    law = ParametricFit(E=0.2, A=40.0, B=20.0, alpha=0.6, beta=0.5, objective=0.0, n_runs=0)
+    runs = isoflop_runs(law, [3e10, 1e11, 3e11, 1e12], 12 * 64 * 256, seed=3)
+    path = tmp_path_factory.mktemp("runs") / "runs.csv"
+    runs.assign(lr=1e-3, batch_size_tokens=256, d_in=64).to_csv(path, index=False)
+    return path
+
+
+def test_duplicated_rows_never_narrow_an_interval(
+        tmp_path: Path, runs_csv: Path, capsys: pytest.CaptureFixture) -> None:
+    import pandas as pd
+
+    twice = tmp_path / "twice.csv"
+    pd.concat([pd.read_csv(runs_csv)] * 2).to_csv(twice, index=False)
+    fits = {}
+    for name, csv in (("once", runs_csv), ("twice", twice)):
+        assert main(["analyze", "--runs-csv", str(csv), "--out", str(tmp_path / name),
+                     "--draws", "40"]) == 0
+        fits[name] = json.loads((tmp_path / name / "fits.json").read_text())
+    assert "24 rows repeat an earlier row: each run counted once" in capsys.readouterr().err
+    for law in ("features_opt", "steps_opt", "loss_vs_compute"):  # counted twice: narrower
+        assert fits["twice"][law]["exponent_ci95"] == fits["once"][law]["exponent_ci95"]
+    assert fits["twice"]["n_runs"] == fits["once"]["n_runs"] == 24
+
+
+def test_a_plan_says_how_far_it_extrapolates_and_refuses_what_cannot_run(
+        tmp_path: Path, runs_csv: Path, synthetic_cache: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    assert main(["analyze", "--runs-csv", str(runs_csv), "--out", str(tmp_path / "a"),
+                 "--draws", "0"]) == 0
+    fits = tmp_path / "a" / "fits.json"
+    capsys.readouterr()
+    assert main(["plan", "--fits", str(fits), "--compute", "4e12", "--out",
+                 str(tmp_path / "p4.json")]) == 0
+    assert "plan: 4e+12 FLOPs is 4x the largest budget swept" in capsys.readouterr().err
+    assert main(["plan", "--fits", str(fits), "--compute", "1e16", "--out",
+                 str(tmp_path / "p16.json")]) == 0
+    assert "warning: plan: 1e+16 FLOPs is 1e+04x the largest budget" in capsys.readouterr().err
+    # 1e40 FLOPs: 2e27 times beyond the sweep; its token count overflows int64
+    refused(capsys, ["plan", "--fits", fits, "--compute", "1e40", "--out", tmp_path / "p.json"],
+            "overflows the trainer's 64-bit token count", "1e+28x the largest budget",
+            untouched=tmp_path)
+    # a plan this machine cannot hold: refused by submit, before any run exists
+    plan = json.loads((tmp_path / "p16.json").read_text())
+    plan["run_config"].update(n_features=10**11, d_in=32)
+    (tmp_path / "big.json").write_text(json.dumps(plan))
+    spec = write(tmp_path / "s.yaml", FAST_SPEC.format(cache=synthetic_cache, base=""))
+    refused(capsys, ["submit", spec, "--plan", tmp_path / "big.json", "--storage",
+                     tmp_path / "store"], "F=100000000000", "GiB to train", untouched=tmp_path)
