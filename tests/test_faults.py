@@ -378,3 +378,48 @@ def test_a_plan_says_how_far_it_extrapolates_and_refuses_what_cannot_run(
     spec = write(tmp_path / "s.yaml", FAST_SPEC.format(cache=synthetic_cache, base=""))
     refused(capsys, ["submit", spec, "--plan", tmp_path / "big.json", "--storage",
                      tmp_path / "store"], "F=100000000000", "GiB to train", untouched=tmp_path)
+
+
+# ---- one driver per sweep: the claim in the tracking store (no Ray needed) ----------------
+def test_a_sweep_claim_goes_to_one_driver_and_passes_on_only_when_its_holder_is_gone(
+        tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from dataclasses import asdict, replace
+
+    from sweeps import sweep_lock, tracking
+    from sweeps.sweep_lock import SweepBusy, claim_sweep, this_process
+
+    uri = tracking.default_tracking_uri(tmp_path)
+    tracking.prepare_store(uri)
+    target = tracking.open_sweep(uri, "f", 1, tmp_path / "art", tmp_path / "s.yaml")
+
+    def pretend(n: int, beat: str, **holder: object) -> None:  # another driver's claim
+        tracking.write_claim(target, n, json.dumps({**asdict(this_process()), **holder}))
+        tracking.beat(target, n, beat)
+
+    # alive on another host (fresh heartbeat): busy, naming it
+    pretend(1, str(time.time()), host="node-7", pid=4242, since="2026-01-01 10:00:00")
+    with pytest.raises(SweepBusy, match="being run by pid 4242 on node-7 since 2026-01-01 "
+                       "10:00:00 .*claim monoscale.claim.1"):
+        claim_sweep(target)
+    # silent on another host for longer than STALE_S: taken over, with claim 2
+    tracking.beat(target, 1, str(time.time() - sweep_lock.STALE_S - 1))
+    mine = claim_sweep(target)
+    assert mine.n == 2 and tracking.latest_claim(target).n == 2
+    with pytest.raises(SweepBusy, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+        claim_sweep(target)  # held by a live process here
+    mine.release()
+    # a dead process on this host: taken over at once, whatever its heartbeat says
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    pretend(4, str(time.time()), pid=int(dead), pid_start="1")
+    again = claim_sweep(target)
+    assert again.n == 5
+    again.release()
+    # a param is written once: a second writer of claim 6 loses, the first keeps it
+    assert tracking.write_claim(target, 6, "first") and not tracking.write_claim(target, 6, "x")
+    assert replace(tracking.latest_claim(target), beat=None).holder == "first"
