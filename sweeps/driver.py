@@ -3,20 +3,22 @@
 Order matters: every check that can fail on bad input (spec, store, storage folder, Ray
 address, cache, each point's fields: sweeps/preflight.py) runs before the first MLflow
 run is created or the first trial starts, and one driver at a time runs a sweep
-(sweeps/sweep_lock.py).
+(sweeps/sweep_lock.py). What runs follows from the tracking store alone.
 
 Where things live (`--storage DIR`, default `./.monoscale` under the working directory):
 
     DIR/mlflow.db                 the default tracking store (sqlite)
     DIR/mlartifacts/<sweep>/      artifacts of the sweep's experiment
     DIR/locks/<sweep>.lock        held by the driver running the sweep (sweeps/sweep_lock.py)
-    DIR/tune/<sweep>/             Ray Tune's experiment (restored after a killed driver)
+    DIR/tune/<sweep>/             Ray Tune's experiment (restored after a killed driver, when
+                                  its manifest names this store and sweep run)
     DIR/runs/<sweep>/<run_key>/   each run's out_dir: checkpoint/, sae.safetensors, cfg.json
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -139,7 +141,16 @@ def _run(spec: SweepSpec, where: Where, configs: list[RunConfig],
     if spec.search is not None:
         return _search(spec, configs, target, ctx, options)
     if todo:
-        _run_points(spec, configs, todo, ctx, options)
+        result = _run_points(spec, configs, todo, ctx, options)
+        # What runs follows from the store alone: a restored Tune experiment runs only the
+        # trials its own snapshot had not ended, which may be more than the store has.
+        left = unfinished(configs, tracking.child_runs(target))
+        skipped = [c for c in left if c.run_key not in result.started]
+        if result.restored and result.ended and skipped:
+            print(f"[{spec.name}] the restored Tune experiment held {len(skipped)} point(s) "
+                  "as done that the store has not finished: running them in a new one",
+                  flush=True)
+            _run_points(spec, configs, skipped, ctx, options, fresh=True)
     return audit(spec, configs, target)
 
 
@@ -150,21 +161,26 @@ def unfinished(configs: list[RunConfig], runs: list[tracking.RunRecord]) -> list
 
 
 def _run_points(spec: SweepSpec, configs: list[RunConfig], todo: list[RunConfig],
-                ctx: Any, options: Any) -> None:
+                ctx: Any, options: Any, fresh: bool = False) -> Any:
     """Tune trials for `todo`: one per point, or with branching one per family that has
     an unfinished member (its trunk stands for it: run_family_trial)."""
     from sweeps.tune_runner import run_grid
 
     if not spec.branching:
-        run_grid(spec, todo, ctx, options)
-        return
+        return run_grid(spec, todo, ctx, options, fresh=fresh)
     from sae_core.branching import branched_compute_flops, families
     from sweeps.family_trial import run_family_trial
 
     left = {c.run_key for c in todo}
     todo_families = [f for f in families(configs) if left & {m.run_key for m in f.members}]
-    run_grid(spec, [f.trunk for f in todo_families], ctx, options, trial=run_family_trial,
-             flops_by_key={f.trunk.run_key: branched_compute_flops(f) for f in todo_families})
+    result = run_grid(spec, [f.trunk for f in todo_families], ctx, options,
+                      trial=run_family_trial, fresh=fresh,
+                      flops_by_key={f.trunk.run_key: branched_compute_flops(f)
+                                    for f in todo_families})
+    # a family's members count as started with its trunk
+    started = {m.run_key for f in todo_families if f.trunk.run_key in result.started
+               for m in f.members}
+    return dataclasses.replace(result, started=frozenset(result.started | started))
 
 
 def _search(spec: SweepSpec, points: list[RunConfig], target: tracking.TrackingTarget,

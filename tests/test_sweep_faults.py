@@ -1,20 +1,25 @@
-"""Faults that need a real sweep (issue 15): two submits of one sweep at once.
+"""Faults that need a real sweep (issue 15): two submits of one sweep at once, and the
+kill -9 / resume / fresh-store sequence.
 Real Ray and MLflow, on the small synthetic cache; the checks that run before Ray are in
 tests/test_faults.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import sweeps
 from sweeps import tracking
+from sweeps.driver import Where, submit
+from sweeps.spec import load_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 ROOT = Path(sweeps.__file__).resolve().parents[1]  # drivers run the code under test
@@ -85,3 +90,34 @@ def test_two_concurrent_submits_train_each_point_once_and_the_second_names_the_f
     target = tracking.find_sweep(uri, "t")
     assert target is not None
     assert {r.status for r in tracking.child_runs(target)} == {"FINISHED"}  # none KILLED
+
+
+# ---- the sequence of the issue: kill -9, resume, then a fresh store on the old folder -----
+def test_kill_resume_then_a_fresh_store_on_the_same_folder_never_loses_a_point(
+        tmp_path: Path, synthetic_cache: Path, capsys: pytest.CaptureFixture) -> None:
+    spec_path = write_spec(tmp_path, synthetic_cache)
+    spec = load_spec(spec_path)
+    # Kill once mid-sweep, and once after every run finished in MLflow but (likely) before
+    # the driver recorded its Tune experiment as ended: the moment that lost every point.
+    for i, kill_after in enumerate((1, 2)):
+        folder = tmp_path / f"it{i}" / ".monoscale"
+        where = Where.resolve(str(folder), None)
+        first = driver(spec_path, tmp_path / f"it{i}.log", "--storage", str(folder))
+        try:
+            while first.poll() is None and sum(finished_per_point(where.tracking_uri)
+                                               .values()) < kill_after:
+                time.sleep(0.1)
+        finally:
+            first.kill()
+            first.wait()
+            kill_session(first.pid)
+        manifest = folder / "tune" / "t.monoscale.json"
+        if i == 1 and manifest.exists():  # what a kill a moment earlier leaves behind
+            manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "done": False}))
+        assert submit(spec, where) == 0  # resume
+        assert sorted(finished_per_point(where.tracking_uri).values()) == [1, 1]
+        fresh = Where.resolve(str(folder), f"sqlite:///{tmp_path / f'fresh{i}.db'}")
+        capsys.readouterr()
+        assert submit(spec, fresh) == 0, capsys.readouterr()
+        assert sorted(finished_per_point(fresh.tracking_uri).values()) == [1, 1]
+        assert "resuming the interrupted Tune experiment" not in capsys.readouterr().out
