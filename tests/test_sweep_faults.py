@@ -1,16 +1,18 @@
-"""Faults that need a real sweep (issue 15): two submits of one sweep at once, and the
-kill -9 / resume / fresh-store sequence.
+"""Faults that need a real sweep (issue 15): two submits of one sweep at once, the
+kill -9 / resume / fresh-store sequence, and the sockets a local sweep listens on.
 Real Ray and MLflow, on the small synthetic cache; the checks that run before Ray are in
 tests/test_faults.py."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,3 +123,82 @@ def test_kill_resume_then_a_fresh_store_on_the_same_folder_never_loses_a_point(
         assert submit(spec, fresh) == 0, capsys.readouterr()
         assert sorted(finished_per_point(fresh.tracking_uri).values()) == [1, 1]
         assert "resuming the interrupted Tune experiment" not in capsys.readouterr().out
+
+
+# ---- what a local sweep listens on ----------------------------------------------------------
+def listening_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP socket the processes hold."""
+    listening: dict[int, tuple[str, int]] = {}
+    for family, table in ((socket.AF_INET, "/proc/net/tcp"), (socket.AF_INET6, "/proc/net/tcp6")):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            listening[int(fields[9])] = (socket.inet_ntop(family, words), int(port, 16))
+    found = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and int(target[8:-1]) in listening:
+                found.append((pid, *listening[int(target[8:-1])]))
+    return found
+
+
+def ray_pids() -> set[int]:
+    """This driver and every process its local Ray runs: Ray's own and their children."""
+    from ray._private import worker
+
+    roots = {os.getpid()} | {info.process.pid for infos in
+                             worker._global_node.all_processes.values() for info in infos}
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    pids, stack = set(), list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid not in pids:
+            pids.add(pid)
+            stack += children.get(pid, [])
+    return pids
+
+
+def test_a_local_sweep_listens_on_loopback_only(tmp_path: Path, synthetic_cache: Path) -> None:
+    where = Where.resolve(str(tmp_path / "store"), None)
+    spec = load_spec(write_spec(tmp_path, synthetic_cache, n_steps="[4000]"))
+    sweep = threading.Thread(target=submit, args=(spec, where))
+    sweep.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any(r.status == "RUNNING" for r in _children(where)):  # a trial is training
+            assert sweep.is_alive() and time.monotonic() < deadline
+            time.sleep(0.2)
+        sockets = listening_sockets(ray_pids())
+    finally:
+        sweep.join()
+    assert len(sockets) >= 5, sockets  # driver, GCS, raylet (2), trial worker, agent
+    exposed = [s for s in sockets if not ipaddress.ip_address(s[1]).is_loopback
+               and not (ipaddress.ip_address(s[1]).version == 6
+                        and ipaddress.ip_address(s[1]).ipv4_mapped is not None
+                        and ipaddress.ip_address(s[1]).ipv4_mapped.is_loopback)]
+    assert not exposed, exposed
+
+
+def _children(where: Where) -> list[tracking.RunRecord]:
+    target = tracking.find_sweep(where.tracking_uri, "t") if (
+        where.storage_dir / "mlflow.db").exists() else None
+    return tracking.child_runs(target) if target else []
