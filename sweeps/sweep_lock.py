@@ -55,6 +55,7 @@ class Holder:
     pid_start: str  # the process's start time (/proc/PID/stat): a reused pid is another
     since: str  # local time the hold began
     command: str
+    since_s: float = 0.0  # the same, as time.time(): a claim's age before its first beat
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host} since {self.since} ({self.command})"
@@ -83,7 +84,7 @@ def _start_time(pid: int) -> str:
 def this_process() -> Holder:
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "python"
     return Holder(socket.gethostname(), os.getpid(), _start_time(os.getpid()),
-                  time.strftime("%Y-%m-%d %H:%M:%S"), command[:300])
+                  time.strftime("%Y-%m-%d %H:%M:%S"), command[:300], time.time())
 
 
 def _holder(text: str | None) -> Holder | None:
@@ -151,9 +152,9 @@ def _is_live(claim: tracking.Claim) -> tuple[bool, Holder | None]:
     if here is not None:
         return here, holder
     try:
-        last = float(claim.beat or "0")
-    except ValueError:
-        last = 0.0
+        last = float(claim.beat or "")
+    except ValueError:  # written a moment ago, not beaten yet: as old as the claim
+        last = holder.since_s if holder else 0.0
     return time.time() - last < STALE_S, holder
 
 

@@ -423,3 +423,7 @@ def test_a_sweep_claim_goes_to_one_driver_and_passes_on_only_when_its_holder_is_
     # a param is written once: a second writer of claim 6 loses, the first keeps it
     assert tracking.write_claim(target, 6, "first") and not tracking.write_claim(target, 6, "x")
     assert replace(tracking.latest_claim(target), beat=None).holder == "first"
+    # claimed on another host a moment ago, before its first heartbeat: not stale
+    tracking.write_claim(target, 7, json.dumps({**asdict(this_process()), "host": "node-9"}))
+    with pytest.raises(SweepBusy, match="on node-9"):
+        claim_sweep(target)
