@@ -2,8 +2,7 @@
 
 Local: this machine's CPUs and GPUs given explicitly, a small object store (trials get
 the cache's path, never its bytes, so the store only carries configs), no dashboard,
-bound to 127.0.0.1. Ray's gRPC ports still listen on every interface (ECOSYSTEM.md):
-on a shared host, firewall them.
+and every port on loopback (`single_node_on_loopback`): a local sweep is one node.
 
 Join: `--address HOST:PORT` (the GCS address `ray start --head` prints, default port
 6379), `auto` (the latest cluster `ray start` made on this machine) or `ray://HOST:PORT`
@@ -109,6 +108,35 @@ def _use_token_auth_if_available() -> None:
             pass
 
 
+@contextmanager
+def single_node_on_loopback() -> Iterator[None]:
+    """Let the Ray started in the block listen on 127.0.0.1 only.
+
+    Ray 2.60 turns a node IP of 127.0.0.1 into the host's routable address
+    (`ray._private.services.resolve_ip_for_localhost`) unless clusters are disabled, and
+    binds its gRPC servers (GCS, raylet, object manager, every worker) to that address's
+    family on all interfaces, so `_node_ip_address="127.0.0.1"` alone left the driver,
+    gcs_server, raylet and the trial workers listening on `::` and the runtime-env agent
+    on the host's address (measured here). Ray's switch for a one-node Ray, the one it
+    sets on macOS and Windows, is RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: the node IP then
+    stays 127.0.0.1 and every server binds to loopback (measured: 7 of 7 sockets). The
+    processes Ray starts inherit the variable; it is restored afterwards, so a later
+    `ray start` or join from this process is not refused."""
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
+
+
 def local_gpu_count() -> int:
     import torch
 
@@ -138,18 +166,19 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     # user chose keeps Ray's warnings.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR if os.environ.get("RAY_AUTH_MODE") is None else logging.WARNING)
-    ray.init(
-        address="local",  # never join a cluster `ray start` left running by accident
-        num_cpus=num_cpus or os.cpu_count() or 1,
-        num_gpus=local_gpu_count() if num_gpus is None else num_gpus,
-        object_store_memory=OBJECT_STORE_BYTES,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        _system_config={"preload_python_modules": list(TRIAL_PRELOAD_MODULES),
-                        "idle_worker_killing_time_threshold_ms": IDLE_WORKER_EXIT_MS},
-    )
+    with single_node_on_loopback():
+        ray.init(
+            address="local",  # never join a cluster `ray start` left running by accident
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            num_gpus=local_gpu_count() if num_gpus is None else num_gpus,
+            object_store_memory=OBJECT_STORE_BYTES,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            _system_config={"preload_python_modules": list(TRIAL_PRELOAD_MODULES),
+                            "idle_worker_killing_time_threshold_ms": IDLE_WORKER_EXIT_MS},
+        )
     return RaySession(connected_here=True)
 
 

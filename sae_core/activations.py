@@ -214,8 +214,10 @@ def _hashed(texts: Iterable[tuple[str, str]], digest: Any) -> Iterator[tuple[str
 def build_model_cache(out_dir: str | Path, model: str = "minilm", layer: int | None = None,
                       corpus: str = "stdlib", n_tokens: int = 1_000_000,
                       context_tokens: int = 128, batch_contexts: int = 32,
-                      dtype: str = "float16", device: str = "cpu") -> ActivationCache:
+                      dtype: str = "float16", device: str = "cpu",
+                      reuse_only: bool = False) -> ActivationCache:
     """Cache `n_tokens` residual-stream rows of `model` at `layer` over `corpus`.
+    reuse_only: open the cache at out_dir if this request built it; load no weights.
 
     meta.json's "source" records the model, layer, corpus, a sha256 of the text read and
     the generation throughput (activation_tokens_per_s: tokenizer and model, not loading).
@@ -237,7 +239,7 @@ def build_model_cache(out_dir: str | Path, model: str = "minilm", layer: int | N
         stats = _timed(rows, writer.n_remaining, writer.add)
         return {"text_sha256": digest.hexdigest(), **stats}
 
-    return build_cache(out_dir, request, n_tokens, dtype, produce)
+    return build_cache(out_dir, request, n_tokens, dtype, produce, reuse_only=reuse_only)
 
 
 def _timed(batches: Iterator[np.ndarray], n_tokens: int,

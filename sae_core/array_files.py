@@ -7,6 +7,7 @@ larger than memory imports without loading it whole.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,12 +36,21 @@ def build_array_cache(out_dir: str | Path, file: str | Path, tensor: str | None 
     n_rows = math.prod(shape[:-1])
     if n_tokens is not None and n_tokens <= 0:
         raise UserError(f"n_tokens must be positive, got {n_tokens}")
+    if n_tokens is not None and n_tokens > n_rows:
+        print(f"note: {file} holds {n_rows} rows, fewer than the {n_tokens} asked for: "
+              f"importing all {n_rows}", file=sys.stderr)
     n_tokens = n_rows if n_tokens is None else min(n_tokens, n_rows)
     if dtype is None:
         dtype = source_dtype if source_dtype in ("float16", "bfloat16") else "float32"
 
     def produce(writer: CacheWriter) -> dict[str, object]:
+        first_row = 0
         for rows in chunks:
+            bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+            if len(bad):  # NaN, inf, or a float64 beyond float32's range
+                raise UserError(f"{file}: row {first_row + int(bad[0])} holds NaN or inf (or a "
+                                "value beyond float32): not activations a cache can normalise")
+            first_row += len(rows)
             if writer.add(rows) < len(rows) or writer.n_remaining == 0:
                 break
         return {"shape": list(shape), "file_dtype": source_dtype}
@@ -62,13 +72,31 @@ def _open_array(file: Path, tensor: str | None
             array = np.load(file, mmap_mode="r")
         except (ValueError, OSError) as err:
             raise UserError(f"{file} is not a readable .npy array: {err}") from None
+        _check_real(file, array.dtype.kind, str(array.dtype))
         rows = array.reshape(-1, array.shape[-1]) if array.ndim >= 2 else array
-        chunks = (np.asarray(rows[i:i + CHUNK_ROWS], dtype=np.float32)
-                  for i in range(0, len(rows), CHUNK_ROWS))
+
+        def float_chunks() -> Iterator[np.ndarray]:
+            for i in range(0, len(rows), CHUNK_ROWS):
+                with np.errstate(over="ignore"):  # beyond float32 becomes inf: refused
+                    chunk = np.asarray(rows[i:i + CHUNK_ROWS], dtype=np.float32)
+                yield chunk
+
+        chunks = float_chunks()
         return tuple(array.shape), str(array.dtype), chunks
     if file.suffix == ".safetensors":
         return _open_safetensors(file, tensor)
     raise UserError(f"{file}: expected a .npy or .safetensors file")
+
+
+def _check_real(file: Path, kind: str, dtype: str) -> None:
+    """Activations are real numbers: numpy's float, int and unsigned kinds. A complex array
+    lost its imaginary part silently in the float32 conversion; bool, text, dates and
+    structured records are not activations."""
+    if kind not in "fiu":
+        why = {"c": "complex values (the imaginary part would be dropped)",
+               "b": "booleans"}.get(kind, "values that are not numbers")
+        raise UserError(f"{file}: dtype {dtype} holds {why}; activations must be real "
+                        "floats or integers")
 
 
 def _open_safetensors(file: Path, tensor: str | None
@@ -88,6 +116,8 @@ def _open_safetensors(file: Path, tensor: str | None
     shape = tuple(view.get_shape())
     dtype_name = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}.get(
         view.get_dtype(), view.get_dtype().lower())
+    kind = "b" if view.get_dtype() == "BOOL" else view.get_dtype()[:1].lower()
+    _check_real(file, kind if kind in "fiub" else "c", f"{view.get_dtype()} ({tensor})")
 
     def chunks() -> Iterator[np.ndarray]:
         # Chunks along the first axis, each flattened to rows of d.

@@ -2,9 +2,10 @@
 
 A source (synthetic.py, array_files.py, activations.py) is a `produce(writer)` function
 that feeds rows to a `CacheWriter` and returns what it learned (e.g. a text checksum).
-`build_cache` builds into a hidden sibling directory and renames it into place after
-meta.json is written, so a half-built cache is never mistaken for a cache; a cache built
-from the same request (same fingerprint) is reused instead of rebuilt.
+`build_cache` builds into a hidden sibling directory (sae_core/cache_staging.py) and
+renames it into place after meta.json is written, so a half-built cache is never mistaken
+for a cache; a cache built from the same request (same fingerprint) is reused instead of
+rebuilt, and one built from another request is refused.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from sae_core.cache import (
     sha256_file,
     to_storage,
 )
+from sae_core.cache_staging import remove_dead_builds, staging_folder
 
 SHARD_BYTES = 1 << 28  # 256 MiB shards: a few files per million tokens, each one mmap
 EVAL_FRACTION = 0.02  # held-out split: 2% of the rows ...
@@ -84,7 +84,7 @@ class CacheWriter:
         if staging is None or n_rows < 2:
             raise CacheError(f"the source gave {n_rows} rows; a cache needs at least 2")
         d_in = staging.shape[1]
-        n_eval = min(EVAL_MAX_TOKENS, max(1, round(EVAL_FRACTION * n_rows)))
+        n_eval = split_sizes(n_rows)[1]
         order = np.random.default_rng(seed).permutation(n_rows)
         shard_rows = max(1024, 2 ** int(math.log2(SHARD_BYTES / (d_in * staging.itemsize))))
         train_shards, sum_sq = [], 0.0
@@ -125,24 +125,40 @@ def fingerprint(request: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def split_sizes(n_rows: int) -> tuple[int, int]:
+    """(train, eval) rows of a cache of `n_rows`: EVAL_FRACTION held out, capped."""
+    n_eval = min(EVAL_MAX_TOKENS, max(1, round(EVAL_FRACTION * n_rows)))
+    return n_rows - n_eval, n_eval
+
+
+class CacheMissing(CacheError):
+    """`build_cache(..., reuse_only=True)` found no cache to reuse."""
+
+
 def build_cache(out_dir: str | Path, request: dict[str, Any], n_tokens: int, dtype: str,
-                produce: Callable[[CacheWriter], dict[str, Any]], seed: int = 0
-                ) -> ActivationCache:
+                produce: Callable[[CacheWriter], dict[str, Any]], seed: int = 0,
+                reuse_only: bool = False) -> ActivationCache:
     """Build (or reuse) the cache at `out_dir` from `produce`.
 
     `request` says what is built (source kind and parameters) and goes into meta.json as
-    "source", merged with what `produce` returns. Its fingerprint decides reuse.
+    "source", merged with what `produce` returns. Its fingerprint decides reuse: a cache
+    built from another request is refused. `reuse_only`: build nothing, only open the
+    cache that is there (CacheMissing when there is none): how a sweep checks that an
+    existing cache is the one its spec describes.
     """
     out_dir = Path(out_dir)
-    if n_tokens <= 0:
-        raise CacheError(f"n_tokens must be positive, got {n_tokens}")
-    key = fingerprint({**request, "n_tokens": n_tokens, "dtype": dtype, "seed": seed})
-    if (cache := _reusable(out_dir, key)) is not None:
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens <= 0:
+        raise CacheError(f"n_tokens must be a positive integer, got {n_tokens!r}")
+    if dtype not in STORAGE_DTYPES:
+        raise CacheError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    asked = {**request, "n_tokens": n_tokens, "dtype": dtype, "seed": seed}
+    key = fingerprint(asked)
+    if (cache := _reusable(out_dir, key, asked, quiet=reuse_only)) is not None:
         return cache
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp_dir.mkdir()
-    try:
+    if reuse_only:
+        raise CacheMissing(f"no activation cache at {out_dir}")
+    remove_dead_builds(out_dir)
+    with staging_folder(out_dir) as tmp_dir:
         started = time.perf_counter()
         writer = CacheWriter(tmp_dir, n_tokens, dtype)
         found = produce(writer)
@@ -156,29 +172,38 @@ def build_cache(out_dir: str | Path, request: dict[str, Any], n_tokens: int, dty
         meta["build"] = {"seconds": round(seconds, 3),
                          "tokens_per_s": round(writer.n_written / seconds, 1)}
         (tmp_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    try:  # rename() is atomic, and replaces an empty directory but never a full one
-        os.rename(tmp_dir, out_dir)
-    except OSError:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        if (cache := _reusable(out_dir, key)) is not None:  # another process finished first
-            return cache
-        raise
+        try:  # rename() is atomic, and replaces an empty directory but never a full one
+            os.rename(tmp_dir, out_dir)
+        except OSError:
+            if (cache := _reusable(out_dir, key, asked)) is not None:  # another build won
+                return cache
+            raise
     return ActivationCache.open(out_dir, verify="size")
 
 
-def _reusable(out_dir: Path, key: str) -> ActivationCache | None:
+def _reusable(out_dir: Path, key: str, asked: dict[str, Any], quiet: bool = False
+              ) -> ActivationCache | None:
     if not out_dir.exists():
         return None
     if not (out_dir / "meta.json").exists():
         if out_dir.is_dir() and not any(out_dir.iterdir()):
             return None
         raise CacheError(f"{out_dir} exists and is not a cache: choose a new directory")
-    if read_meta(out_dir).get("fingerprint") != key:
-        raise CacheError(f"{out_dir} holds a cache built from another source or size: "
-                         "delete it or choose another directory")
-    print(f"reusing the cache at {out_dir} (same source)", file=sys.stderr)
+    meta = read_meta(out_dir)
+    if meta.get("fingerprint") != key:
+        raise CacheError(f"{out_dir} holds a cache built from other settings "
+                         f"({_differences(meta, asked)}): delete it or choose another "
+                         "directory")
+    if not quiet:
+        print(f"reusing the cache at {out_dir} (same source)", file=sys.stderr)
     return ActivationCache.open(out_dir, verify="size")
 
+
+def _differences(meta: dict[str, Any], asked: dict[str, Any]) -> str:
+    """What a cache records against what was asked, for the settings that differ."""
+    recorded = {**meta.get("source", {}), "dtype": meta.get("dtype"),
+                "seed": meta.get("shuffle_seed"),
+                "n_tokens": meta.get("n_train_tokens", 0) + meta.get("n_eval_tokens", 0)}
+    differ = [f"{k} {recorded.get(k)!r}, asked {v!r}" for k, v in asked.items()
+              if json.dumps(recorded.get(k), default=str) != json.dumps(v, default=str)]
+    return "; ".join(differ[:3]) or "its fingerprint differs"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,8 @@ def _train(args: argparse.Namespace) -> int:
         raise CacheError(f"cache {data['cache_dir']} holds d={cache.d_in} activations, the "
                          f"config asks for d_in={data['d_in']}")
     cfg = RunConfig.from_dict(data)
+    _check_fits(cfg, cache)
+    _check_out(Path(args.out))
 
     from sae_core.run import run_from_cache
 
@@ -126,15 +129,49 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
+def _check_fits(cfg: Any, cache: Any) -> None:
+    """What the run would only find out while training: a batch larger than the cache,
+    a device torch cannot use, weights that cannot fit on it."""
+    from sae_core.compute import training_memory_bytes
+    from sae_core.device import memory_bytes, resolve_device
 
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if cfg.batch_size_tokens > cache.n_train_tokens:
+        raise UserError(f"batch_size_tokens: {cfg.batch_size_tokens} tokens per batch, but the "
+                        f"cache at {cache.path} holds {cache.n_train_tokens} training rows: "
+                        "every batch would repeat rows")
+    device = resolve_device(cfg.device)
+    need = training_memory_bytes(cfg.d_in, cfg.n_features, cfg.batch_size_tokens)
+    if need > (have := memory_bytes(device)):
+        raise UserError(f"n_features: F={cfg.n_features} at d_in={cfg.d_in} needs at least "
+                        f"{need / 2**30:.3g} GiB to train, more than the {have / 2**30:.3g} GiB "
+                        f"of {device}")
+
+
+def _check_out(out: Path) -> None:
+    """--out is a new or empty folder, or one holding an unfinished run (its checkpoint,
+    which the run resumes from); never a file, a finished run or someone's files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: give a new folder for the run")
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    finished = [n for n in ("sae.safetensors", "metrics.json", "cfg.json") if n in names]
+    if finished:
+        raise UserError(f"--out {out} holds a finished run ({', '.join(finished)}): give a new "
+                        "folder, or remove it to train again")
+    other = [n for n in names if not n.startswith("checkpoint")]
+    if other:
+        raise UserError(f"--out {out} holds files that are not a run's ({', '.join(other[:3])}"
+                        f"{', ...' if len(other) > 3 else ''}): give a new or empty folder")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not a folder this user can write into")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    from sae_core.input_files import load_yaml
+
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of RunConfig fields")
     return data

@@ -25,3 +25,12 @@ def steps_for_budget(budget_flops: float, n_features: float, k: float) -> float:
     """The steps that spend `budget_flops` at width F: C / (k F). Callers that train it
     round to whole steps."""
     return budget_flops / (k * n_features)
+
+
+def training_memory_bytes(d_in: int, n_features: int, batch_size_tokens: int) -> int:
+    """A lower bound on the memory one SAE's training holds: its 2dF + F + d parameters
+    four times in fp32 (weights, gradients, Adam's two moments) and one [batch, F] fp32
+    activation. Real runs hold more (sae_core/trainer.py keeps a few [batch, F] tensors);
+    a run over this bound cannot run on the device, whatever else happens."""
+    n_params = 2 * d_in * n_features + n_features + d_in
+    return 4 * (4 * n_params + batch_size_tokens * n_features)

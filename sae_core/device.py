@@ -8,6 +8,7 @@ AVX-512/AMX CPU for these shapes, and fp32 keeps the CPU tests exact).
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -50,3 +51,10 @@ def matmul_autocast(device: torch.device, mm_dtype: torch.dtype | None
     if mm_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=mm_dtype)
+
+
+def memory_bytes(device: torch.device) -> int:
+    """All the memory of `device`: the GPU's, or this machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

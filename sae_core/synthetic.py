@@ -79,9 +79,10 @@ class PlantedDictionary:
 
 
 def build_synthetic_cache(out_dir: str | Path, params: PlantedDictionary, n_tokens: int,
-                          dtype: str = "float32") -> ActivationCache:
+                          dtype: str = "float32", reuse_only: bool = False) -> ActivationCache:
     """A cache of `n_tokens` planted-dictionary activations (train + eval split), with
-    true_dictionary.npy and the generator parameters in meta.json's "source"."""
+    true_dictionary.npy and the generator parameters in meta.json's "source".
+    reuse_only: open the cache at out_dir if these parameters built it; build nothing."""
     # ~4M code entries per chunk (32 MB) whatever the number of features.
     chunk_tokens = max(256, (1 << 22) // params.n_true_features)
 
@@ -96,4 +97,5 @@ def build_synthetic_cache(out_dir: str | Path, params: PlantedDictionary, n_toke
         return {"measured_l0": n_active / writer.n_written}
 
     request = {"kind": "synthetic", **dataclasses.asdict(params)}
-    return build_cache(out_dir, request, n_tokens, dtype, produce, seed=params.seed)
+    return build_cache(out_dir, request, n_tokens, dtype, produce, seed=params.seed,
+                       reuse_only=reuse_only)

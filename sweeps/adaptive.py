@@ -114,20 +114,25 @@ def run_adaptive(spec: SweepSpec, settings: AdaptiveSettings, where: Where,
     """First pass, then adaptive rounds until analysis/adaptive.py says stop. Returns the
     driver's exit code (0 when every point, added ones too, has a FINISHED run)."""
     from cluster.local import ray_session
+    from sweeps.preflight import preflight
+    from sweeps.sweep_lock import hold_storage
 
     if spec.search is not None:
         raise UserError("adaptive: not with search (the rounds add (F, steps) points)")
     if spec.isoflop is None:  # before any work: design_of says the same after the first pass
         design_of(spec, 1)
-    rc = submit(spec, where, address, parent_tags)
-    if rc:
-        print(f"[{spec.name}] adaptive: the first pass did not finish every point; no rounds",
-              flush=True)
-        return rc
-    # One Ray for every round: each submit would start and stop its own (~2.5 s more per
-    # sweep on 2 cores than joining one, bench/orchestration_overhead.py).
-    with ray_session(address):
-        return _rounds(spec, settings, where, address, parent_tags)
+    preflight(spec, where.tracking_uri, where.storage_dir, address)
+    # One driver for every round: no other submit of this sweep slips in between them.
+    with hold_storage(where.storage_dir, spec.name):
+        rc = submit(spec, where, address, parent_tags)
+        if rc:
+            print(f"[{spec.name}] adaptive: the first pass did not finish every point; no "
+                  "rounds", flush=True)
+            return rc
+        # One Ray for every round: each submit would start and stop its own (~2.5 s more
+        # per sweep on 2 cores than joining one, bench/orchestration_overhead.py).
+        with ray_session(address):
+            return _rounds(spec, settings, where, address, parent_tags)
 
 
 def _rounds(spec: SweepSpec, settings: AdaptiveSettings, where: Where, address: str | None,

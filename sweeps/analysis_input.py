@@ -63,3 +63,26 @@ def shared_value(runs: pd.DataFrame, column: str) -> int | None:
     if column not in runs.columns or runs[column].isna().any() or runs[column].nunique() != 1:
         return None
     return int(runs[column].iloc[0])
+
+
+def distinct_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: rows that repeat an earlier row exactly, or name a run (run_id)
+    or grid point (run_key) an earlier row names, are dropped with a note on stderr. The
+    bootstrap resamples rows, so a run counted twice narrowed every interval (F_opt's
+    95% interval from [0.35, 0.92] to [0.57, 0.68] on one duplicated CSV)."""
+    import sys
+
+    keep = ~runs.duplicated(keep="first")
+    why = [f"{int((~keep).sum())} rows repeat an earlier row"] if not keep.all() else []
+    for column, what in (("run_id", "run"), ("run_key", "grid point")):
+        if column in runs.columns:
+            named = runs[column].notna()
+            again = keep & named & runs[column].where(keep).duplicated(keep="first")
+            if again.any():
+                why.append(f"{int(again.sum())} rows name a {what} ({column}) an earlier row "
+                           "names")
+                keep &= ~again
+    if why:
+        print(f"note: {' and '.join(why)}: each run counted once ({int(keep.sum())} of "
+              f"{len(runs)} rows)", file=sys.stderr)
+    return runs[keep].reset_index(drop=True)

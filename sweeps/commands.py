@@ -48,9 +48,9 @@ def _where(cmd: argparse.ArgumentParser) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from sweeps.cache_setup import planned_d_in
     from sweeps.driver import Where, format_table, submit
-    from sweeps.spec import expand, load_spec
+    from sweeps.preflight import preflight
+    from sweeps.spec import load_spec
 
     spec = load_spec(args.spec)
     where = Where.resolve(args.storage, args.tracking_uri)
@@ -60,7 +60,8 @@ def _submit(args: argparse.Namespace) -> int:
 
         spec, parent_tags = planned_sweep(spec, Path(args.plan))
     if getattr(args, "dry_run", False):
-        configs = expand(spec, planned_d_in(spec))  # builds nothing
+        configs = preflight(spec, where.tracking_uri, where.storage_dir,
+                            args.address)  # submit's checks
         print(format_table(configs))
         total = sum(c.compute_flops for c in configs)
         search = (f" x {spec.search.n_trials} lr trials (TPE over [{spec.search.low:g}, "

@@ -1,28 +1,38 @@
 """The sweep driver: spec -> checks -> cache -> Ray -> MLflow parent run -> trials -> audit.
 
-Order matters: every check that can fail on bad input (spec, tracking URI, Ray address,
-cache) runs before the first MLflow run is created or the first trial starts.
+Order matters: every check that can fail on bad input (spec, store, storage folder, Ray
+address, cache, each point's fields: sweeps/preflight.py) runs before the first MLflow
+run is created or the first trial starts, and one driver at a time runs a sweep
+(sweeps/sweep_lock.py). What runs follows from the tracking store alone.
 
 Where things live (`--storage DIR`, default `./.monoscale` under the working directory):
 
     DIR/mlflow.db                 the default tracking store (sqlite)
     DIR/mlartifacts/<sweep>/      artifacts of the sweep's experiment
-    DIR/tune/<sweep>/             Ray Tune's experiment (restored after a killed driver)
-    DIR/runs/<sweep>/<run_key>/   each run's out_dir: checkpoint/, sae_weights.safetensors, cfg.json
+    DIR/locks/<sweep>.lock        held by the driver running the sweep (sweeps/sweep_lock.py)
+    DIR/tune/<sweep>/             Ray Tune's experiment (restored after a killed driver, when
+                                  its manifest names this store and sweep run)
+    DIR/runs/<sweep>/<run_key>/   each run's out_dir: checkpoint/, sae_weights.safetensors,
+                                  cfg.json
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sae_core.config import RunConfig
 from sae_core.errors import UserError
 from sweeps import tracking
-from sweeps.cache_setup import prepare_cache
+from sweeps.cache_setup import cache_facts, prepare_cache
+from sweeps.preflight import check_runs, preflight
 from sweeps.spec import SweepSpec, expand
+from sweeps.store import check_store, normalize_tracking_uri
 
 DEFAULT_STORAGE = ".monoscale"
 
@@ -35,7 +45,8 @@ class Where:
     @classmethod
     def resolve(cls, storage: str | None, tracking_uri: str | None) -> Where:
         storage_dir = Path(storage or DEFAULT_STORAGE).resolve()
-        return cls(storage_dir, tracking_uri or tracking.default_tracking_uri(storage_dir))
+        return cls(storage_dir, normalize_tracking_uri(tracking_uri) if tracking_uri
+                   else tracking.default_tracking_uri(storage_dir))
 
     @property
     def artifact_root(self) -> Path | None:
@@ -77,56 +88,110 @@ def _sae(cfg: RunConfig) -> str:
 
 def submit(spec: SweepSpec, where: Where, address: str | None = None,
            parent_tags: dict[str, str] | None = None) -> int:
-    """Run every grid point that has no FINISHED run yet. Returns 0 when all have one."""
-    from cluster.local import connect, probe
+    """Run every grid point that has no FINISHED run yet. Returns 0 when all have one.
+    One driver per sweep: another one running it makes this one exit 2 (SweepBusy)
+    before it changes anything (sweeps/sweep_lock.py)."""
+    from cluster.local import connect
+    from sweeps.sweep_lock import hold_storage
+
+    # What --dry-run checks, building and writing nothing:
+    preflight(spec, where.tracking_uri, where.storage_dir, address)
+    with hold_storage(where.storage_dir, spec.name):
+        cache = prepare_cache(spec)  # built now if missing, then checksummed
+        configs = expand(spec, cache.d_in)
+        check_runs(spec, configs, cache_facts(cache), local=address is None)
+        # The store is prepared and the sweep claimed in it while Ray starts: its SQL
+        # module imported (1.3 s of CPU here), a new one copied from the template.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            opened = pool.submit(_open_and_claim, spec, where)
+            try:
+                ray_session = connect(address)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    opened.result()[1].release()
+                raise
+        try:
+            target, claim = opened.result()
+            try:
+                tracking.start_sweep(target, parent_tags)
+                return _run(spec, where, configs, target)
+            finally:
+                claim.release()
+        finally:
+            ray_session.close()
+
+
+def _open_and_claim(spec: SweepSpec, where: Where) -> tuple[tracking.TrackingTarget, Any]:
+    from sweeps.sweep_lock import claim_sweep
+
+    tracking.prepare_store(where.tracking_uri)
+    target = tracking.open_sweep(where.tracking_uri, spec.name, spec.stage,
+                                 where.artifact_root, spec.path)
+    return target, claim_sweep(target)
+
+
+def _run(spec: SweepSpec, where: Where, configs: list[RunConfig],
+         target: tracking.TrackingTarget) -> int:
+    """The points the store has not finished, as Tune trials; then the audit."""
     from sweeps.trial import FAIL_ONCE_ENV, TrialContext
-    from sweeps.tune_runner import TuneOptions, run_grid
+    from sweeps.tune_runner import TuneOptions
 
-    tracking.check_tracking_uri(where.tracking_uri)
-    if address:
-        probe(address)
-    configs = plan(spec)
-    # The store is prepared while Ray starts: its SQL module imported (1.3 s of CPU here),
-    # a new one copied from the template or an old one migrated.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        store = pool.submit(tracking.prepare_store, where.tracking_uri)
-        ray_session = connect(address)
-    try:
-        store.result()
-        target = tracking.open_sweep(where.tracking_uri, spec.name, spec.stage,
-                                     where.artifact_root, spec.path, parent_tags)
-        runs = tracking.child_runs(target)
-        n_killed = tracking.mark_killed(target, runs, "left running by a driver that died")
-        best = tracking.best_run_per_key(runs)
-        todo = [c for c in configs if _state(best, c.run_key) != "FINISHED"]
-        print(f"[{spec.name}] {len(configs)} grid points" + (
-            "" if spec.search else f": {len(configs) - len(todo)} finished, {len(todo)} to run")
-            + (f" ({n_killed} interrupted runs marked KILLED)" if n_killed else ""), flush=True)
-        ctx = TrialContext(
-            target=target, configs={c.run_key: c.to_dict() for c in configs},
-            runs_dir=str(where.storage_dir / "runs" / spec.name),
-            log_weights=spec.log_weights,
-            fail_once_after_checkpoint=bool(os.environ.get(FAIL_ONCE_ENV)),
-            cpus_per_trial=spec.resources.cpu, gpus_per_trial=spec.resources.gpu)
-        options = TuneOptions(where.storage_dir)
-        if spec.search is not None:
-            return _search(spec, configs, target, ctx, options)
-        if todo and spec.branching:
-            from sae_core.branching import branched_compute_flops, families
-            from sweeps.family_trial import run_family_trial
+    runs = tracking.child_runs(target)
+    n_killed = tracking.mark_killed(target, runs, "left running by a driver that died")
+    todo = unfinished(configs, runs)
+    print(f"[{spec.name}] {len(configs)} grid points" + (
+        "" if spec.search else f": {len(configs) - len(todo)} finished, {len(todo)} to run")
+        + (f" ({n_killed} interrupted runs marked KILLED)" if n_killed else ""), flush=True)
+    ctx = TrialContext(
+        target=target, configs={c.run_key: c.to_dict() for c in configs},
+        runs_dir=str(where.storage_dir / "runs" / spec.name),
+        log_weights=spec.log_weights,
+        fail_once_after_checkpoint=bool(os.environ.get(FAIL_ONCE_ENV)),
+        cpus_per_trial=spec.resources.cpu, gpus_per_trial=spec.resources.gpu)
+    options = TuneOptions(where.storage_dir)
+    if spec.search is not None:
+        return _search(spec, configs, target, ctx, options)
+    if todo:
+        result = _run_points(spec, configs, todo, ctx, options)
+        # What runs follows from the store alone: a restored Tune experiment runs only the
+        # trials its own snapshot had not ended, which may be more than the store has.
+        left = unfinished(configs, tracking.child_runs(target))
+        skipped = [c for c in left if c.run_key not in result.started]
+        if result.restored and result.ended and skipped:
+            print(f"[{spec.name}] the restored Tune experiment held {len(skipped)} point(s) "
+                  "as done that the store has not finished: running them in a new one",
+                  flush=True)
+            _run_points(spec, configs, skipped, ctx, options, fresh=True)
+    return audit(spec, configs, target)
 
-            left = {c.run_key for c in todo}  # a family runs while any member is unfinished
-            todo_families = [f for f in families(configs)
-                             if left & {m.run_key for m in f.members}]
-            run_grid(spec, [f.trunk for f in todo_families], ctx, options,
-                     trial=run_family_trial,
-                     flops_by_key={f.trunk.run_key: branched_compute_flops(f)
-                                   for f in todo_families})
-        elif todo:
-            run_grid(spec, todo, ctx, options)
-        return audit(spec, configs, target)
-    finally:
-        ray_session.close()
+
+def unfinished(configs: list[RunConfig], runs: list[tracking.RunRecord]) -> list[RunConfig]:
+    """The grid points without a FINISHED run among `runs`."""
+    best = tracking.best_run_per_key(runs)
+    return [c for c in configs if _state(best, c.run_key) != "FINISHED"]
+
+
+def _run_points(spec: SweepSpec, configs: list[RunConfig], todo: list[RunConfig],
+                ctx: Any, options: Any, fresh: bool = False) -> Any:
+    """Tune trials for `todo`: one per point, or with branching one per family that has
+    an unfinished member (its trunk stands for it: run_family_trial)."""
+    from sweeps.tune_runner import run_grid
+
+    if not spec.branching:
+        return run_grid(spec, todo, ctx, options, fresh=fresh)
+    from sae_core.branching import branched_compute_flops, families
+    from sweeps.family_trial import run_family_trial
+
+    left = {c.run_key for c in todo}
+    todo_families = [f for f in families(configs) if left & {m.run_key for m in f.members}]
+    result = run_grid(spec, [f.trunk for f in todo_families], ctx, options,
+                      trial=run_family_trial, fresh=fresh,
+                      flops_by_key={f.trunk.run_key: branched_compute_flops(f)
+                                    for f in todo_families})
+    # a family's members count as started with its trunk
+    started = {m.run_key for f in todo_families if f.trunk.run_key in result.started
+               for m in f.members}
+    return dataclasses.replace(result, started=frozenset(result.started | started))
 
 
 def _search(spec: SweepSpec, points: list[RunConfig], target: tracking.TrackingTarget,
@@ -199,6 +264,7 @@ def audit(spec: SweepSpec, configs: list[RunConfig], target: tracking.TrackingTa
 def status(spec: SweepSpec, where: Where) -> str:
     """The grid points with their state and final loss, read from MLflow."""
     tracking.check_tracking_uri(where.tracking_uri)
+    check_store(where.tracking_uri, write=False)
     try:
         configs = [] if spec.search else plan(spec, build=False, verify="size")
     except UserError:  # no cache yet: show what MLflow holds

@@ -10,13 +10,13 @@ the prediction is tagged on its parent run (to read in the MLflow UI); `monoscal
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from sae_core.errors import UserError
+from sae_core.input_files import load_json
 from sweeps.cache_setup import planned_d_in
 from sweeps.spec import RUN_FIELDS, SIZE_AXES, SweepSpec
 from sweeps.spec_values import SpecError, check_mapping, parse_run_field
@@ -49,9 +49,9 @@ def with_plan(spec: SweepSpec, plan: Mapping[str, Any]) -> SweepSpec:
 def planned_sweep(spec: SweepSpec, path: Path) -> tuple[SweepSpec, dict[str, str]]:
     """The spec narrowed to the planned run, and the prediction as tags for its parent run."""
     try:
-        plan = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"--plan {path}: cannot read a plan: {err}") from None
+        plan = load_json(path)
+    except UserError as err:
+        raise UserError(f"--plan: {err}") from None
     if not isinstance(plan, dict):
         raise UserError(f"--plan {path}: not a JSON object")
     planned = with_plan(spec, plan)

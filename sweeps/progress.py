@@ -28,12 +28,14 @@ class SweepProgress:
         self.total_flops = sum(flops_by_key.values())
         self.mean_flops = self.total_flops / max(1, len(flops_by_key))
         self.running: dict[str, float] = {}  # trial key -> start time
+        self.started: set[str] = set()  # every trial key Tune started, retries once
         self.done: list[str] = []
         self.failed: list[str] = []
         self.done_flops = self.settled_flops = 0.0
 
     def start(self, key: str) -> None:
         self.running[key] = self.clock()
+        self.started.add(key)
 
     def finish(self, key: str, loss: float | None) -> None:
         self.done.append(key)

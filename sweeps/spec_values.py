@@ -6,14 +6,12 @@ Every error names the field path, e.g. `grid.n_features[2]`.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sae_core.errors import UserError
+from sae_core.input_files import load_yaml
 
 # Fields that must be > 0 when given (sizes and rates); seed may be 0, l1_coefficient too.
 _POSITIVE = frozenset({"n_features", "n_steps", "lr", "batch_size_tokens", "eval_n_tokens",
@@ -25,23 +23,13 @@ class SpecError(UserError, ValueError):
     """A sweep spec that cannot run. The message names the field path."""
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` as a string (its float pattern needs a dot); specs are full of
-    such rates, so numbers in exponent form are floats here."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
 def read_yaml(path: Path) -> Any:
+    """The spec file's YAML (sae_core/input_files.py: safe, exponent floats, duplicate
+    keys refused); a SpecError names the file and line."""
     try:
-        return yaml.load(path.read_text(), Loader=_Loader)  # a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
+        return load_yaml(path)
+    except UserError as err:
+        raise SpecError(str(err)) from None
 
 
 def check_mapping(value: Any, where: str) -> None:

@@ -30,9 +30,11 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
 
 from sae_core.config import RunConfig
 from sae_core.errors import UserError
+from sweeps.store import check_store
 
 # Every tag monoscale writes, named once.
 TAG_PARENT = "mlflow.parentRunId"
@@ -66,8 +68,6 @@ def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise UserError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
-    elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
 def prepare_store(uri: str) -> None:
@@ -82,8 +82,11 @@ def prepare_store(uri: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if uri.startswith(("http://", "https://")):
         return
+    check_store(uri, write=True)  # damaged, read-only: one line, before MLflow retries
     plain_sqlite = uri.startswith("sqlite:///") and "?" not in uri
     path = Path(uri.removeprefix("sqlite:///")) if plain_sqlite else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     if path is not None and not path.exists():
         try:
             _copy_atomically(_empty_store_template(), path)
@@ -137,37 +140,95 @@ class TrackingTarget:
 
 
 def _parent(client: MlflowClient, experiment_id: str, sweep: str) -> Run | None:
+    """The sweep's parent run: the oldest one tagged as it (two first submits racing may
+    both create one; every driver then agrees on the same)."""
     parents = client.search_runs(
         [experiment_id], f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP}` = '{sweep}'",
-        order_by=["attributes.start_time ASC"], max_results=1)
-    return parents[0] if parents else None
+        order_by=["attributes.start_time ASC"], max_results=10)
+    return min(parents, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
 
 
-def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,
-               spec_path: Path, extra_tags: dict[str, str] | None = None) -> TrackingTarget:
-    """The experiment and the sweep's parent run (found again by its tag on a re-submit),
-    in a store prepare_store made."""
-    client = MlflowClient(uri)
+def _experiment(client: MlflowClient, sweep: str, artifact_root: Path | None) -> str:
     experiment = client.get_experiment_by_name(sweep)
     if experiment is None:
         # An explicit artifact location: else artifacts land in the creator's cwd.
         location = (artifact_root / sweep).resolve().as_uri() if artifact_root else None
-        experiment_id = client.create_experiment(sweep, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment_id)
+        try:
+            return client.create_experiment(sweep, artifact_location=location)
+        except MlflowException:  # a concurrent submit created it first
+            experiment = client.get_experiment_by_name(sweep)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return str(experiment.experiment_id)
+
+
+def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,
+               spec_path: Path) -> TrackingTarget:
+    """The experiment and the sweep's parent run (found again by its tag on a re-submit),
+    in a store prepare_store made. Changes nothing in a sweep that exists: claim it
+    (sweeps/sweep_lock.py), then start_sweep."""
+    client = MlflowClient(uri)
+    experiment_id = _experiment(client, sweep, artifact_root)
     parent = _parent(client, experiment_id, sweep)
-    if parent is not None:
-        parent_id = parent.info.run_id
-        client.update_run(parent_id, status="RUNNING")  # a re-submit reopens it
-    else:
+    if parent is None:
         tags = {TAG_ROLE: "sweep", TAG_SWEEP: sweep, TAG_STAGE: str(stage),
                 TAG_SPEC: str(spec_path)}
-        parent_id = client.create_run(experiment_id, tags=tags, run_name=sweep).info.run_id
+        mine = client.create_run(experiment_id, tags=tags, run_name=sweep).info.run_id
+        parent = _parent(client, experiment_id, sweep)
+        assert parent is not None
+        if parent.info.run_id != mine:  # a concurrent first submit made one first
+            client.delete_run(mine)
+    return TrackingTarget(uri, experiment_id, parent.info.run_id, sweep, stage)
+
+
+def start_sweep(target: TrackingTarget, extra_tags: dict[str, str] | None = None) -> None:
+    """Reopen the parent run (a re-submit) and tag it, once this driver holds the sweep."""
+    client = MlflowClient(target.uri)
+    client.update_run(target.parent_run_id, status="RUNNING")
     if extra_tags:
-        client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in extra_tags.items()])
-    return TrackingTarget(uri, experiment_id, parent_id, sweep, stage)
+        client.log_batch(target.parent_run_id,
+                         tags=[RunTag(k, v) for k, v in extra_tags.items()])
+
+
+# ---- who runs a sweep: claims on its parent run (sweeps/sweep_lock.py) ----------------
+CLAIM = "monoscale.claim"  # param CLAIM.<n>: the n-th holder (JSON); tag CLAIM.<n>.beat
+
+
+@dataclass(frozen=True)
+class Claim:
+    n: int  # 0: the sweep was never claimed
+    holder: str | None  # what its driver wrote (sweeps/sweep_lock.py reads it)
+    beat: str | None  # its last heartbeat (time.time() as text), or "released"
+
+
+def latest_claim(target: TrackingTarget) -> Claim:
+    """The newest claim on the sweep."""
+    run = MlflowClient(target.uri).get_run(target.parent_run_id)
+    numbers = [int(k.rsplit(".", 1)[1]) for k in run.data.params
+               if k.startswith(CLAIM + ".") and k.rsplit(".", 1)[1].isdigit()]
+    if not numbers:
+        return Claim(0, None, None)
+    n = max(numbers)
+    return Claim(n, run.data.params[f"{CLAIM}.{n}"], run.data.tags.get(f"{CLAIM}.{n}.beat"))
+
+
+def write_claim(target: TrackingTarget, n: int, holder: str) -> bool:
+    """Write claim `n`; False when another driver wrote it first. A param is written once
+    (MLflow refuses to change one; the database's key on (run, param) decides between
+    two drivers writing at the same moment), so exactly one driver gets each claim."""
+    client = MlflowClient(target.uri)
+    try:
+        client.log_param(target.parent_run_id, f"{CLAIM}.{n}", holder)
+    except MlflowException:
+        pass  # "Changing param values is not allowed": read below who holds it
+    return client.get_run(target.parent_run_id).data.params.get(f"{CLAIM}.{n}") == holder
+
+
+def beat(target: TrackingTarget, n: int, value: str) -> None:
+    """The holder of claim `n` is alive (a time), or has let the sweep go ("released")."""
+    MlflowClient(target.uri).set_tag(target.parent_run_id, f"{CLAIM}.{n}.beat", value)
 
 
 def close_sweep(target: TrackingTarget, n_points: int, n_finished: int,
@@ -185,6 +246,7 @@ def find_sweep(uri: str, sweep: str) -> TrackingTarget | None:
     """The sweep's target if it was ever submitted to this store; creates nothing."""
     if _no_store(uri):
         return None
+    check_store(uri, write=False)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(sweep)
     parent = _parent(client, experiment.experiment_id, sweep) if experiment else None
@@ -281,6 +343,7 @@ def finished_runs(uri: str, sweep: str) -> list[RunRecord]:
     (a sweep logged elsewhere than one experiment per sweep is still found)."""
     if _no_store(uri):
         raise UserError(f"no MLflow store at {uri}: submit the sweep first or pass --tracking-uri")
+    check_store(uri, write=False)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(sweep)
     ids = [experiment.experiment_id] if experiment else [

@@ -4,7 +4,10 @@ runs inside them), an Optuna TPE search samples lr, and the progress view follow
 Idempotence does not rest on Tune's state: MLflow is the record. A grid point with a
 FINISHED child run is never run again (the driver leaves it out; a restored trial that
 finds it returns at once). Tune's experiment is restored (`Tuner.restore`) only after a
-driver died mid-fit; otherwise each submit starts a fresh experiment over what is left.
+driver died mid-fit, and only when its manifest (`tune/<sweep>.monoscale.json`) names
+this tracking store and sweep run: another's is set aside. Otherwise each submit starts
+a fresh experiment over what is left, and the driver runs anew any point a restored
+experiment skipped that the store has not finished (sweeps/driver.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import json
 import logging
 import os
 import shutil
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,12 +100,45 @@ class TuneOptions:
     storage_dir: Path  # Tune experiments live in storage_dir/tune/<sweep name>
 
 
+@dataclass(frozen=True)
+class GridResult:
+    started: frozenset[str]  # run keys of the trials Tune started in this fit
+    restored: bool  # the fit continued an interrupted experiment
+    ended: bool  # every trial ended (False after Ctrl-C: the experiment stays restorable)
+
+
+def _owner(ctx: TrialContext) -> dict[str, str]:
+    """What a Tune experiment folder belongs to: one store, one sweep run in it."""
+    return {"tracking_uri": ctx.target.uri, "experiment_id": ctx.target.experiment_id,
+            "parent_run_id": ctx.target.parent_run_id}
+
+
+def _read_manifest(manifest: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _set_aside(path: Path, manifest: Path, why: str) -> None:
+    """Move another store's or sweep run's experiment out of the way, not into use."""
+    aside = path.with_name(f"{path.name}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    manifest.unlink(missing_ok=True)
+    print(f"[{path.name}] set aside the Tune experiment at {path} ({why}): now {aside}",
+          file=sys.stderr, flush=True)
+
+
 def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
              options: TuneOptions, trial: Callable[..., None] = run_trial,
-             flops_by_key: dict[str, float] | None = None) -> None:
-    """Run the `todo` grid points as Tune trials, restoring an interrupted experiment.
+             flops_by_key: dict[str, float] | None = None, fresh: bool = False
+             ) -> GridResult:
+    """Run the `todo` grid points as Tune trials, restoring an interrupted experiment of
+    this sweep run in this store (never one that belongs to another: it is set aside).
     `trial` runs one of them (with branching: run_family_trial, one family per trunk in
-    `todo`); `flops_by_key` weighs them for the ETA (default: their compute_flops)."""
+    `todo`); `flops_by_key` weighs them for the ETA (default: their compute_flops);
+    `fresh`: never restore."""
     global _PROGRESS
     _PROGRESS = SweepProgress(spec.name, flops_by_key or {c.run_key: c.compute_flops
                                                           for c in todo})
@@ -109,19 +147,26 @@ def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
     root = options.storage_dir / "tune"
     path, manifest = root / spec.name, root / f"{spec.name}.monoscale.json"
     keys = [c.run_key for c in todo]
-    previous: dict[str, Any] = (json.loads(manifest.read_text()) if manifest.exists()
-                                else {"done": True, "keys": []})
-    earlier_keys = list(previous["keys"])
-    if (not previous["done"] and set(keys) <= set(earlier_keys) <= set(ctx.configs)
-            and tune.Tuner.can_restore(str(path))):
+    previous = _read_manifest(manifest)
+    earlier_keys = list(previous.get("keys", []))
+    ours = all(previous.get(k) == v for k, v in _owner(ctx).items())
+    if path.exists() and not fresh and not previous.get("done", True) and not ours:
+        owner = previous.get("tracking_uri", "an older monoscale, which did not record it")
+        _set_aside(path, manifest, f"it belongs to {owner}, run "
+                   f"{previous.get('parent_run_id', '?')}, not to {ctx.target.uri} run "
+                   f"{ctx.target.parent_run_id}")
+    restore = (not fresh and ours and not previous.get("done", True)
+               and set(keys) <= set(earlier_keys) <= set(ctx.configs)
+               and tune.Tuner.can_restore(str(path)))
+    if restore:
         print(f"[{spec.name}] resuming the interrupted Tune experiment at {path}",
               file=_PROGRESS.out, flush=True)
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
         keys = earlier_keys  # the restored experiment's trials: all of them, finished ones too
     else:
-        shutil.rmtree(path, ignore_errors=True)  # a finished or stale experiment
+        shutil.rmtree(path, ignore_errors=True)  # a finished or stale experiment of ours
         root.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps({"keys": keys, "done": False}))
+        manifest.write_text(json.dumps({**_owner(ctx), "keys": keys, "done": False}))
         tuner = tune.Tuner(
             trainable,
             param_space={"run_key": tune.grid_search(keys)},
@@ -136,8 +181,9 @@ def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
     # the experiment restorable then.
     ended = all(results[i].error is not None
                 or {"loss", "diverged"} & set(results[i].metrics or {})
-                for i in range(len(results)))
-    manifest.write_text(json.dumps({"keys": keys, "done": ended and len(results) == len(keys)}))
+                for i in range(len(results))) and len(results) == len(keys)
+    manifest.write_text(json.dumps({**_owner(ctx), "keys": keys, "done": ended}))
+    return GridResult(frozenset(_PROGRESS.started), restore, ended)
 
 
 def run_search(spec: SweepSpec, point: RunConfig, n_trials: int,

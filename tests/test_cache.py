@@ -196,7 +196,7 @@ def test_rebuild_reuses_and_another_source_is_refused(tmp_path: Path, capsys) ->
     assert "reusing" in capsys.readouterr().err
     assert (tmp_path / "cache" / "meta.json").read_text() == meta_before
     assert again.meta == first.meta
-    with pytest.raises(CacheError, match="another source"):
+    with pytest.raises(CacheError, match="other settings .n_tokens 100, asked 50"):
         build_cache(tmp_path / "cache", {"kind": "test"}, 50, "float32", produce)
 
 
