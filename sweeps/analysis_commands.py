@@ -175,13 +175,31 @@ def _analyze(args: argparse.Namespace) -> int:
     where = f"{out}/fits.json" if len(groups) == 1 else f"{len(groups)} directories in {out}"
     print(f"wrote {where} and {n_plots} plots (PNG + SVG)")
     if sweep is not None and uri is not None and not args.no_attach:
-        from sweeps import tracking
-
-        target = tracking.find_sweep(uri, sweep.name)
-        if target is not None:
-            tracking.attach(uri, target.parent_run_id, out, "analysis")
-            print(f"attached to MLflow run {target.parent_run_id} (artifacts/analysis)")
+        _attach(uri, sweep.name, out, {name: docs["fits.json"] for name, (docs, _) in
+                                       parts.items() if "fits.json" in docs},
+                planned, Path(args.plan) if args.plan else None)
     return 0
+
+
+def _attach(uri: str, sweep: str, out: Path, fits_by_group: dict[str, Any],
+            planned: dict[str, Any] | None, plan_path: Path | None) -> None:
+    """The analysis as artifacts of the sweep's parent run, its laws (and the planned
+    run's outcome) in the words of the sweep's MLflow pages."""
+    from sweeps import tracking
+    from sweeps.descriptions import laws_text, plan_text
+
+    target = tracking.find_sweep(uri, sweep)
+    if target is None:
+        return
+    tracking.attach(uri, target.parent_run_id, out, "analysis")
+    tracking.describe(target, "laws", laws_text(fits_by_group))
+    if planned is not None and plan_path is not None:
+        text = plan_text(_read_json(plan_path, "plan"), planned)
+        tracking.describe(target, "plan", text)
+        plan_target = tracking.find_sweep(uri, f"{sweep}-plan")
+        if plan_target is not None:
+            tracking.describe(plan_target, "plan", text)
+    print(f"attached to MLflow run {target.parent_run_id} (artifacts/analysis)")
 
 
 def _json_safe(obj: Any) -> Any:

@@ -28,8 +28,9 @@ from typing import Any
 
 from sae_core.config import RunConfig
 from sae_core.errors import UserError
-from sweeps import tracking
+from sweeps import store, tracking
 from sweeps.cache_setup import cache_facts, prepare_cache
+from sweeps.descriptions import sweep_text
 from sweeps.preflight import check_runs, preflight
 from sweeps.spec import SweepSpec, expand
 from sweeps.store import check_store, normalize_tracking_uri
@@ -46,7 +47,7 @@ class Where:
     def resolve(cls, storage: str | None, tracking_uri: str | None) -> Where:
         storage_dir = Path(storage or DEFAULT_STORAGE).resolve()
         return cls(storage_dir, normalize_tracking_uri(tracking_uri) if tracking_uri
-                   else tracking.default_tracking_uri(storage_dir))
+                   else store.default_tracking_uri(storage_dir))
 
     @property
     def artifact_root(self) -> Path | None:
@@ -114,6 +115,8 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
             target, claim = opened.result()
             try:
                 tracking.start_sweep(target, parent_tags)
+                tracking.describe(target, "sweep", sweep_text(spec.name, spec.stage, configs,
+                                                              cache.meta))
                 return _run(spec, where, configs, target)
             finally:
                 claim.release()
@@ -124,7 +127,7 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
 def _open_and_claim(spec: SweepSpec, where: Where) -> tuple[tracking.TrackingTarget, Any]:
     from sweeps.sweep_lock import claim_sweep
 
-    tracking.prepare_store(where.tracking_uri)
+    store.prepare_store(where.tracking_uri)
     target = tracking.open_sweep(where.tracking_uri, spec.name, spec.stage,
                                  where.artifact_root, spec.path)
     return target, claim_sweep(target)
@@ -263,7 +266,7 @@ def audit(spec: SweepSpec, configs: list[RunConfig], target: tracking.TrackingTa
 
 def status(spec: SweepSpec, where: Where) -> str:
     """The grid points with their state and final loss, read from MLflow."""
-    tracking.check_tracking_uri(where.tracking_uri)
+    store.check_tracking_uri(where.tracking_uri)
     check_store(where.tracking_uri, write=False)
     try:
         configs = [] if spec.search else plan(spec, build=False, verify="size")

@@ -18,9 +18,10 @@ from typing import Any
 from sae_core.errors import UserError
 from sae_core.input_files import load_json
 from sweeps.cache_setup import planned_d_in
+from sweeps.descriptions import plan_text
 from sweeps.spec import RUN_FIELDS, SIZE_AXES, SweepSpec
 from sweeps.spec_values import SpecError, check_mapping, parse_run_field
-from sweeps.tracking import plan_tags
+from sweeps.tracking import TAG_NOTE_PART, plan_tags
 
 
 def with_plan(spec: SweepSpec, plan: Mapping[str, Any]) -> SweepSpec:
@@ -59,5 +60,5 @@ def planned_sweep(spec: SweepSpec, path: Path) -> tuple[SweepSpec, dict[str, str
     if d_in is not None and d_in != planned_d_in(spec):
         raise UserError(f"--plan {path}: planned for d_in={d_in}, the cache has "
                         f"d_in={planned_d_in(spec)}")
-    return planned, plan_tags(plan)
+    return planned, {**plan_tags(plan), f"{TAG_NOTE_PART}.plan": plan_text(plan)}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sae_core.compute import training_memory_bytes
 from sae_core.config import RunConfig
-from sweeps import tracking
+from sweeps import store
 from sweeps.cache_setup import CacheFacts, check_cache
 from sweeps.spec import SweepSpec, expand
 from sweeps.spec_values import SpecError
@@ -32,7 +32,7 @@ def preflight(spec: SweepSpec, tracking_uri: str, storage_dir: Path, address: st
     store and the storage folder (whole, writable), the Ray address, the cache against
     the spec, each trial's fields."""
     check_writable_dir(storage_dir, "--storage")
-    tracking.check_tracking_uri(tracking_uri)
+    store.check_tracking_uri(tracking_uri)
     check_store(tracking_uri, write=True)
     if address:
         from cluster.local import probe

@@ -1,5 +1,6 @@
-"""Where a sweep writes, checked before MLflow or Ray touches it: the tracking URI made
-absolute, the SQLite store file and the storage folder readable, writable and whole.
+"""The tracking store: where a sweep writes, checked before MLflow or Ray touches it (the
+tracking URI made absolute, the SQLite file and the storage folder readable, writable and
+whole), and a new local store made ready on the driver. Runs in it: sweeps/tracking.py.
 
 MLflow meets these faults late and loudly: a damaged or truncated mlflow.db gave an
 SQLAlchemy traceback in `submit` and `status`; a read-only store folder made MLflow retry
@@ -11,9 +12,16 @@ naming the file, before anything is written.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import sqlite3
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
 
 from sae_core.errors import UserError
 
@@ -113,3 +121,72 @@ def _sqlite_problem(path: Path) -> str | None:
     if path.stat().st_size and not {"experiments", "runs", "alembic_version"} <= tables:
         return "an SQLite file, but not an MLflow store (no experiments, runs tables)"
     return None
+
+
+def default_tracking_uri(storage_dir: Path) -> str:
+    """The embedded store: one SQLite file (MLflow 3.17 refuses a bare ./mlruns)."""
+    return f"sqlite:///{(storage_dir / 'mlflow.db').resolve()}"
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
+    """Fail fast, before any Ray or MLflow work, on a server that does not answer."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+                pass
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise UserError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
+
+
+def prepare_store(uri: str) -> None:
+    """Create a new local store's schema on the driver before any trial: two trials
+    migrating a fresh SQLite schema at once raced (docs/METHOD.md section 5). A new SQLite
+    store is a copy of an empty, migrated one kept per MLflow version in the user's cache
+    (MLflow's migrations took 2.4 s of CPU while Ray starts on the same cores); its Default
+    experiment, which monoscale never uses, points where the template was made. Creates
+    no experiment and no run."""
+    # The schema-migration chatter of a new SQLite store is not news to the user.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if uri.startswith(("http://", "https://")):
+        return
+    check_store(uri, write=True)  # damaged, read-only: one line, before MLflow retries
+    plain_sqlite = uri.startswith("sqlite:///") and "?" not in uri
+    path = Path(uri.removeprefix("sqlite:///")) if plain_sqlite else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is not None and not path.exists():
+        try:
+            _copy_atomically(_empty_store_template(), path)
+        except Exception:  # the copy only saves time: without it MLflow migrates below
+            pass
+    MlflowClient(uri).search_experiments(max_results=1)  # migrates an older store
+
+
+def _empty_store_template() -> Path:
+    """An empty SQLite store at this MLflow's schema, made once per user and version."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "monoscale"
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    if not template.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        fresh = cache / f".{template.name}.{os.getpid()}"
+        try:
+            MlflowClient(f"sqlite:///{fresh}").search_experiments(max_results=1)
+            os.replace(fresh, template)  # a concurrent maker's copy is as good
+        finally:
+            fresh.unlink(missing_ok=True)
+    return template
+
+
+def _copy_atomically(source: Path, dest: Path) -> None:
+    """Copy to `dest` unless it exists by then: a hard link never replaces a store that
+    a concurrent submit made and has begun to fill."""
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}")
+    shutil.copyfile(source, partial)
+    try:
+        os.link(partial, dest)
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink()

@@ -15,18 +15,12 @@ trials log from inside themselves, never through the driver (docs/METHOD.md sect
 from __future__ import annotations
 
 import json
-import logging
-import os
-import shutil
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
@@ -49,78 +43,12 @@ TAG_POINT = "monoscale.point_key"  # a search trial: the run_key of its (F, step
 TAG_ROUND = "monoscale.adaptive_round"  # a run an adaptive round added ...
 TAG_REASON = "monoscale.adaptive_reason"  # ... and why
 TAG_STOP = "monoscale.adaptive_stop"  # the parent: why the adaptive loop ended
+TAG_NOTE = "mlflow.note.content"  # the description MLflow's UI shows on a run or experiment
+TAG_NOTE_PART = "monoscale.note"  # the parent: each part of that description
+NOTE_PARTS = ("sweep", "laws", "plan")  # sweeps/descriptions.py
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 PLAN_FIELDS = ("predicted_loss", "predicted_loss_pi95", "predicted_loss_ci95", "compute_flops")
 _STATE_RANK = {"FINISHED": 0, "RUNNING": 1, "SCHEDULED": 1, "FAILED": 2, "KILLED": 3}
-
-
-# ---- the store ------------------------------------------------------------------------
-def default_tracking_uri(storage_dir: Path) -> str:
-    """The embedded store: one SQLite file (MLflow 3.17 refuses a bare ./mlruns)."""
-    return f"sqlite:///{(storage_dir / 'mlflow.db').resolve()}"
-
-
-def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
-    """Fail fast, before any Ray or MLflow work, on a server that does not answer."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
-                pass
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
-            raise UserError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
-
-
-def prepare_store(uri: str) -> None:
-    """Create a new local store's schema on the driver before any trial: two trials
-    migrating a fresh SQLite schema at once raced (docs/METHOD.md section 5). A new SQLite
-    store is a copy of an empty, migrated one kept per MLflow version in the user's cache
-    (MLflow's migrations took 2.4 s of CPU while Ray starts on the same cores); its Default
-    experiment, which monoscale never uses, points where the template was made. Creates
-    no experiment and no run."""
-    # The schema-migration chatter of a new SQLite store is not news to the user.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    if uri.startswith(("http://", "https://")):
-        return
-    check_store(uri, write=True)  # damaged, read-only: one line, before MLflow retries
-    plain_sqlite = uri.startswith("sqlite:///") and "?" not in uri
-    path = Path(uri.removeprefix("sqlite:///")) if plain_sqlite else None
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    if path is not None and not path.exists():
-        try:
-            _copy_atomically(_empty_store_template(), path)
-        except Exception:  # the copy only saves time: without it MLflow migrates below
-            pass
-    MlflowClient(uri).search_experiments(max_results=1)  # migrates an older store
-
-
-def _empty_store_template() -> Path:
-    """An empty SQLite store at this MLflow's schema, made once per user and version."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "monoscale"
-    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
-    if not template.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        fresh = cache / f".{template.name}.{os.getpid()}"
-        try:
-            MlflowClient(f"sqlite:///{fresh}").search_experiments(max_results=1)
-            os.replace(fresh, template)  # a concurrent maker's copy is as good
-        finally:
-            fresh.unlink(missing_ok=True)
-    return template
-
-
-def _copy_atomically(source: Path, dest: Path) -> None:
-    """Copy to `dest` unless it exists by then: a hard link never replaces a store that
-    a concurrent submit made and has begun to fill."""
-    partial = dest.with_name(f".{dest.name}.{os.getpid()}")
-    shutil.copyfile(source, partial)
-    try:
-        os.link(partial, dest)
-    except FileExistsError:
-        pass
-    finally:
-        partial.unlink()
 
 
 def _no_store(uri: str) -> bool:
@@ -184,12 +112,28 @@ def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,
 
 
 def start_sweep(target: TrackingTarget, extra_tags: dict[str, str] | None = None) -> None:
-    """Reopen the parent run (a re-submit) and tag it, once this driver holds the sweep."""
+    """Reopen the parent run (a re-submit) and tag it, once this driver holds the sweep.
+    The experiment is marked as model development: MLflow 3.17's UI otherwise opens it in
+    its GenAI layout (traces, judges, prompts; docs/METHOD.md section 5)."""
     client = MlflowClient(target.uri)
     client.update_run(target.parent_run_id, status="RUNNING")
+    client.set_experiment_tag(target.experiment_id, TAG_EXPERIMENT_KIND, "custom_model_development")
     if extra_tags:
         client.log_batch(target.parent_run_id,
                          tags=[RunTag(k, v) for k, v in extra_tags.items()])
+
+
+def describe(target: TrackingTarget, part: str, text: str) -> None:
+    """Set one part of the sweep's description (sweeps/descriptions.py): kept as its own
+    tag of the parent run, and all parts joined into the parent run's and the experiment's
+    `mlflow.note.content`, the text their UI pages show."""
+    client = MlflowClient(target.uri)
+    client.set_tag(target.parent_run_id, f"{TAG_NOTE_PART}.{part}", text[:4900])
+    tags = client.get_run(target.parent_run_id).data.tags
+    parts = [tags[f"{TAG_NOTE_PART}.{p}"] for p in NOTE_PARTS if f"{TAG_NOTE_PART}.{p}" in tags]
+    note = "\n\n".join(parts)[:4900]  # MLflow's limit on a tag value is 5000 characters
+    client.set_tag(target.parent_run_id, TAG_NOTE, note)
+    client.set_experiment_tag(target.experiment_id, TAG_NOTE, note)
 
 
 # ---- who runs a sweep: claims on its parent run (sweeps/sweep_lock.py) ----------------

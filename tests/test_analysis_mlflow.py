@@ -101,6 +101,12 @@ def test_analyze_spec_reads_mlflow_and_attaches(store: tuple[str, pd.DataFrame, 
     assert fits["parametric"]["alpha"]["value"] == pytest.approx(TRUTH.alpha, abs=0.06)
     names = {a.path for a in MlflowClient(uri).list_artifacts(parent, "analysis")}
     assert {"analysis/fits.json", "analysis/isoflop.png", "analysis/isoflop.svg"} <= names
+    # The parent run's page says the result in words: the laws with their intervals.
+    note = MlflowClient(uri).get_run(parent).data.tags["mlflow.note.content"]
+    exponent = fits["features_opt"]["exponent"]
+    assert "Fitted laws" in note and f"F_opt ∝ C^{exponent:.3f}" in note
+    experiment = MlflowClient(uri).get_experiment_by_name("synth")
+    assert experiment is not None and experiment.tags["mlflow.note.content"] == note
 
 
 def test_attach_logs_a_directory(store: tuple[str, pd.DataFrame, str], tmp_path: Path) -> None:

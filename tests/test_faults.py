@@ -183,10 +183,11 @@ def test_a_rebuild_removes_the_staging_folders_of_dead_builders_only(
 def real_store(tmp_path: Path) -> Path:
     """A store holding one sweep's parent run, as a first submit leaves it."""
     from sweeps import tracking
+    from sweeps.store import default_tracking_uri, prepare_store
 
     store = tmp_path / "store"
-    uri = tracking.default_tracking_uri(store)
-    tracking.prepare_store(uri)
+    uri = default_tracking_uri(store)
+    prepare_store(uri)
     tracking.open_sweep(uri, "f", 1, store / "mlartifacts", tmp_path / "s.yaml")
     return store / "mlflow.db"
 
@@ -391,10 +392,11 @@ def test_a_sweep_claim_goes_to_one_driver_and_passes_on_only_when_its_holder_is_
     from dataclasses import asdict, replace
 
     from sweeps import sweep_lock, tracking
+    from sweeps.store import default_tracking_uri, prepare_store
     from sweeps.sweep_lock import SweepBusy, claim_sweep, this_process
 
-    uri = tracking.default_tracking_uri(tmp_path)
-    tracking.prepare_store(uri)
+    uri = default_tracking_uri(tmp_path)
+    prepare_store(uri)
     target = tracking.open_sweep(uri, "f", 1, tmp_path / "art", tmp_path / "s.yaml")
 
     def pretend(n: int, beat: str, **holder: object) -> None:  # another driver's claim

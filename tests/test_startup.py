@@ -17,7 +17,7 @@ from cluster import local
 from cluster.local import _stop_autoscaler_monitor, connect
 from sae_core.cache import ActivationCache
 from sae_core.synthetic import PlantedDictionary, build_synthetic_cache
-from sweeps import cache_setup, tracking
+from sweeps import cache_setup, store, tracking
 from sweeps.spec import load_spec
 
 
@@ -32,10 +32,10 @@ def test_new_stores_are_copies_of_one_migrated_template(tmp_path: Path,
     first, second = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
     for db in (first, second):
         db.parent.mkdir()
-    tracking.prepare_store(f"sqlite:///{first}")
+    store.prepare_store(f"sqlite:///{first}")
     [template] = (tmp_path / "xdg" / "monoscale").iterdir()
     made_ns = template.stat().st_mtime_ns
-    tracking.prepare_store(f"sqlite:///{second}")
+    store.prepare_store(f"sqlite:///{second}")
     assert template.stat().st_mtime_ns == made_ns  # made once, copied twice
     # The copy is at the revision MLflow's own migrations reach.
     migrated = tmp_path / "migrated.db"
@@ -47,7 +47,7 @@ def test_new_stores_are_copies_of_one_migrated_template(tmp_path: Path,
     assert MlflowClient(f"sqlite:///{second}").get_run(target.parent_run_id)
     assert MlflowClient(f"sqlite:///{first}").get_experiment_by_name("s") is None
     # A store that appeared meanwhile (a concurrent submit's) is never replaced.
-    tracking._copy_atomically(template, second)
+    store._copy_atomically(template, second)
     assert MlflowClient(f"sqlite:///{second}").get_experiment_by_name("s") is not None
     assert sorted(p.name for p in second.parent.iterdir()) == ["mlflow.db"]
 
@@ -57,7 +57,7 @@ def test_a_store_is_made_without_a_writable_cache(tmp_path: Path,
     (tmp_path / "xdg").write_text("a file where the cache directory would be")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.prepare_store(uri)
+    store.prepare_store(uri)
     target = tracking.open_sweep(uri, "s", 1, tmp_path / "art", tmp_path / "s.yaml")
     assert MlflowClient(uri).get_run(target.parent_run_id).data.tags[tracking.TAG_SWEEP] == "s"
 

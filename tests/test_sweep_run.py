@@ -72,6 +72,14 @@ def test_sweep_logs_every_point_and_resubmit_runs_nothing(tmp_path: Path, synthe
         cfg = json.loads(Path(client.download_artifacts(run.run_id, "cfg.json",
                                                         str(tmp_path))).read_text())
         assert cfg["d_sae"] == cfg["monoscale"]["run_config"]["n_features"] == n_features
+    # The MLflow UI opens the experiment as model development, and its pages say what ran.
+    target = tracking.find_sweep(where.tracking_uri, "t")
+    assert target is not None
+    experiment = client.get_experiment(target.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = client.get_run(target.parent_run_id).data.tags["mlflow.note.content"]
+    assert note.startswith("**monoscale sweep `t`** (stage 1): 4 runs of 4 × relu (λ = 5)")
+    assert experiment.tags["mlflow.note.content"] == note
     # more steps at the same width never hurt here
     assert by_size[(64, 80)].metrics["loss"] < by_size[(64, 40)].metrics["loss"]
 
