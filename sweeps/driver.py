@@ -17,12 +17,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sae_core.config import RunConfig
 from sae_core.errors import UserError
 from sweeps import tracking
 from sweeps.cache_setup import prepare_cache
 from sweeps.spec import SweepSpec, expand
+
+if TYPE_CHECKING:  # it imports transformers: loaded only for a sweep that splices
+    from sweeps.eval_trial import SpliceSetup
 
 DEFAULT_STORAGE = ".monoscale"
 
@@ -86,6 +90,7 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
     if address:
         probe(address)
     configs = plan(spec)
+    splice = _splice_setup(spec, where)
     # The store is prepared while Ray starts: its SQL module imported (1.3 s of CPU here),
     # a new one copied from the template or an old one migrated.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -107,7 +112,8 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
             runs_dir=str(where.storage_dir / "runs" / spec.name),
             log_weights=spec.log_weights,
             fail_once_after_checkpoint=bool(os.environ.get(FAIL_ONCE_ENV)),
-            cpus_per_trial=spec.resources.cpu, gpus_per_trial=spec.resources.gpu)
+            cpus_per_trial=spec.resources.cpu, gpus_per_trial=spec.resources.gpu,
+            splice=splice)
         options = TuneOptions(where.storage_dir)
         if spec.search is not None:
             return _search(spec, configs, target, ctx, options)
@@ -127,6 +133,17 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
         return audit(spec, configs, target)
     finally:
         ray_session.close()
+
+
+def _splice_setup(spec: SweepSpec, where: Where) -> SpliceSetup | None:
+    """`eval: {splice: true}`: the cache's model checked and the reference passes built once,
+    here, before any MLflow run or trial (sweeps/eval_trial.py)."""
+    if spec.eval is None or not spec.eval.splice:
+        return None
+    from sweeps.eval_trial import prepare_reference
+
+    cache = prepare_cache(spec, build=False, verify="size")  # plan() built and checked it
+    return prepare_reference(cache, spec.eval.n_tokens, where.storage_dir)
 
 
 def _search(spec: SweepSpec, points: list[RunConfig], target: tracking.TrackingTarget,

