@@ -31,6 +31,16 @@ from torch.nn import functional
 
 from sae_core.coder import SparseCoder
 
+# Splice scores rise to 1 with quality (sae_core/splice.py, splice_embedding.py); each has
+# a falling twin, 1 − score, the form a scaling law (a loss falling as a power law in
+# compute) is fitted to (sae_core/splice_setup.py logs them).
+SCORE_GAPS = {"ce_loss_score": "ce_loss_gap", "kl_div_score": "kl_div_gap",
+              "embedding_cosine_score": "embedding_cosine_gap"}
+# Every metric that rises with quality, and what to fit instead (None: no twin is logged).
+RISING_METRICS: dict[str, str | None] = {
+    **SCORE_GAPS, "explained_variance": "normalized_mse", "explained_variance_legacy": None,
+    "cossim": None, "embedding_cos_with_sae": None, "frac_alive": None}
+
 
 def explained_variance(x: Tensor, x_hat: Tensor) -> Tensor:
     """Pooled: 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ = x.mean(0). [N, d], [N, d] -> []"""

@@ -28,16 +28,14 @@ from sae_core.activations import load_model
 from sae_core.coder import SparseCoder
 from sae_core.errors import UserError
 from sae_core.held_out import SpliceSource, check_model, held_out_texts
+from sae_core.metrics import SCORE_GAPS
 from sae_core.splice import LMSplice
 from sae_core.splice_embedding import EmbeddingSplice
 
-GAPS = {"ce_loss_score": "ce_loss_gap", "kl_div_score": "kl_div_gap",
-        "embedding_cosine_score": "embedding_cosine_gap"}
-
 
 def with_gaps(metrics: dict[str, float]) -> dict[str, float]:
-    """metrics with `<name>_gap` = 1 − score beside each score of GAPS it holds."""
-    return {**metrics, **{gap: 1.0 - metrics[score] for score, gap in GAPS.items()
+    """metrics with `<name>_gap` = 1 − score beside each score (metrics.SCORE_GAPS)."""
+    return {**metrics, **{gap: 1.0 - metrics[score] for score, gap in SCORE_GAPS.items()
                           if score in metrics}}
 
 
