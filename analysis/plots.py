@@ -67,7 +67,7 @@ def loss_vs_compute(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
         e = law["irreducible"]["value"]
         ax.plot(c, e + law["coefficient"] * c ** law["exponent"], "r-",
                 label=f"L = {e:.3g} + {law['coefficient']:.3g} C^{law['exponent']:.3f} ({law['source']})")
-    ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel="final held-out loss",
+    ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=metric_label(fits),
            title="Loss against compute")
     ax.legend(fontsize=8)
     return fig
@@ -92,7 +92,7 @@ def isoflop_curves(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
         ax.plot(10**xs, np.polyval(np.polyfit(x, group["loss"], 2), xs), "-", color=color, lw=1)
         ax.plot(row.n_features_opt, row.loss_opt, "*", color=color, ms=12, mec="k",
                 mew=0.5 if not row.edge else 2.0)
-    ax.set(xscale="log", xlabel="n_features F", ylabel="final held-out loss",
+    ax.set(xscale="log", xlabel="n_features F", ylabel=metric_label(fits),
            title="IsoFLOP curves (star: F_opt; thick edge: flagged)")
     ax.legend(fontsize=7, ncol=2)
     return fig
@@ -136,7 +136,7 @@ def lr_curves(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
         group = runs[(runs["n_features"] == row.n_features) & (runs["n_steps"] == row.n_steps)].sort_values("lr")
         axes[0].plot(group["lr"], group["loss"], "o-", color=color, ms=4, label=f"C = {row.compute_flops:.2g}")
         axes[0].plot(row.lr_opt, row.loss_opt, "*", color=color, ms=12, mec="k")
-    axes[0].set(xscale="log", xlabel="learning rate", ylabel="final held-out loss", title="Loss against LR")
+    axes[0].set(xscale="log", xlabel="learning rate", ylabel=metric_label(fits), title="Loss against LR")
     if not optima.empty:
         axes[1].plot(optima["compute_flops"], optima["lr_opt"], "ko", label="LR_opt per budget")
     if fits.get("lr_opt"):
@@ -151,6 +151,11 @@ def lr_curves(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     return fig
+
+
+def metric_label(fits: dict[str, Any]) -> str:
+    """The y axis: the metric the laws were fitted to (`analyze --metric`)."""
+    return f"final held-out {fits.get('metric', 'loss')}"
 
 
 def all_figures(runs: pd.DataFrame, fits: dict[str, Any]) -> dict[str, Figure]:
