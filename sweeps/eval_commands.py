@@ -144,8 +144,8 @@ def _evaluate(jobs: list[Job], args: argparse.Namespace, cache_dir: Path | None,
     scores: list[dict[str, float] | None] = (
         list(evaluation.score_many(saes)) if evaluation is not None else [None] * len(jobs))
     for job, sae, (_, cfg), score in zip(jobs, saes, loaded, scores, strict=True):
-        recon = reconstruction(sae, cfg, cache)
-        density = density_record(recon.feature_density, cfg.eval_n_tokens)
+        recon, n_rows = reconstruction(sae, cfg, cache)
+        density = density_record(recon.feature_density, n_rows)
         weights = weight_metrics(sae)
         document = eval_document(
             job.run_dir, cfg, recon.metrics, density, weights, score,

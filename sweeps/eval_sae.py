@@ -28,13 +28,14 @@ EVAL_FILE = "eval.json"
 SPLICE_COUNTS = ("n_tokens_ce", "n_tokens_kl", "n_texts", "n_tokens")
 
 
-def reconstruction(sae: SAE, cfg: RunConfig, cache: ActivationCache) -> Reconstruction:
-    """sae_core.metrics.reconstruction_metrics of the raw-units SAE on the first
-    cfg.eval_n_tokens rows of the cache's eval split in raw units: the tokens of the
-    trainer's final evaluation."""
+def reconstruction(sae: SAE, cfg: RunConfig, cache: ActivationCache
+                   ) -> tuple[Reconstruction, int]:
+    """(sae_core.metrics.reconstruction_metrics of the raw-units SAE, the number of rows)
+    on the first cfg.eval_n_tokens rows of the cache's eval split (all of it when it is
+    smaller) in raw units: the tokens of the trainer's final evaluation."""
     device = sae.W_dec.device
     x = cache.eval_tokens(cfg.eval_n_tokens, device=device) / cache.norm_scale
-    return reconstruction_metrics(sae, x)
+    return reconstruction_metrics(sae, x), len(x)
 
 
 def weight_metrics(sae: SAE) -> dict[str, float]:

@@ -79,12 +79,13 @@ def test_eval_run_dir_writes_saebench_json_with_the_library_numbers(
     # The reconstruction set: the library's, on the raw-units SAE and the cache's eval rows.
     sae, cfg = load_sae(run_dir)
     cache = ActivationCache.open(minilm_cache)
-    library = reconstruction_metrics(sae, cache.eval_tokens(256) / cache.norm_scale).metrics
+    x_raw = cache.eval_tokens(cfg.eval_n_tokens) / cache.norm_scale  # all 120 eval rows
+    library = reconstruction_metrics(sae, x_raw).metrics
     for group in ("reconstruction_quality", "shrinkage", "sparsity"):
         for name, value in groups[group].items():
             assert value == pytest.approx(library[name], rel=1e-9), name
     assert groups["misc_metrics"]["frac_alive"] == library["frac_alive"]
-    assert groups["token_stats"]["total_tokens_eval_sparsity_variance"] == 256
+    assert groups["token_stats"]["total_tokens_eval_sparsity_variance"] == len(x_raw) == 120
 
     # The splice: MiniLM has no LM head, so no CE/KL (SAEBench's -1), and the embedding
     # score on the corpus's documents after those the cache read.
