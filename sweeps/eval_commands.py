@@ -1,9 +1,10 @@
 """`monoscale eval RUN_DIR | SPEC`: evaluate saved SAEs as the field reports them.
 
-    monoscale eval RUN_DIR [--out FILE]        one run: RUN_DIR/eval.json
+    monoscale eval RUN_DIR [--out FILE]        one run: RUN_DIR/eval.json, and
+                                               feature_density.png beside it
     monoscale eval SPEC [--plan PLAN.json]     every finished run of the sweep: each run's
-                                               eval.json, its metrics logged into its
-                                               MLflow record (eval.json as an artifact)
+                                               eval.json and PNG, its metrics logged into
+                                               its MLflow record (both files as artifacts)
 
 Per SAE: the standard reconstruction set in model units on the cache's eval split (the
 rows of the trainer's final evaluation), the weight-based metrics, and, unless
@@ -115,7 +116,14 @@ def _evaluate(jobs: list[Job], args: argparse.Namespace, cache_dir: Path | None,
     from sae_core.device import resolve_device
     from sae_core.run import density_record
     from sae_core.sae_files import load_sae, read_cfg
-    from sweeps.eval_sae import eval_document, logged_metrics, reconstruction, weight_metrics
+    from sweeps.eval_sae import (
+        DENSITY_PNG,
+        eval_document,
+        logged_metrics,
+        reconstruction,
+        weight_metrics,
+        write_density_png,
+    )
     from sweeps.eval_spec import DEFAULT_SPLICE_TOKENS
 
     if args.threads:
@@ -153,12 +161,13 @@ def _evaluate(jobs: list[Job], args: argparse.Namespace, cache_dir: Path | None,
             (cache.meta.get("source") or {}).get("model"),
             {"reconstruction_from": "monoscale eval"})
         write_core_output(job.out, document)
+        png = write_density_png(job.out.parent / DENSITY_PNG, density, cfg)
         if job.run_id is not None:
             from sweeps import tracking
 
             tracking.log_evaluation(where.tracking_uri, job.run_id,
                                     logged_metrics(recon.metrics, weights, score),
-                                    cfg.n_steps, [job.out])
+                                    cfg.n_steps, [job.out, png])
         print(json.dumps(_summary(job, cfg, recon.metrics, score)), flush=True)
     return 0
 

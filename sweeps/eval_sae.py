@@ -25,6 +25,7 @@ from sae_core.model import SAE
 from sae_core.sae_files import read_cfg
 
 EVAL_FILE = "eval.json"
+DENSITY_PNG = "feature_density.png"
 SPLICE_COUNTS = ("n_tokens_ce", "n_tokens_kl", "n_texts", "n_tokens")
 
 
@@ -102,3 +103,12 @@ def eval_document(run_dir: Path, cfg: RunConfig, reconstruction_set: dict[str, f
     }
     return core_output(metrics, saebench_config, sae_cfg=read_cfg(run_dir),
                        unstructured=unstructured)
+
+
+def write_density_png(path: Path, density: dict[str, Any], cfg: RunConfig) -> Path:
+    """The feature-density histogram (analysis/density_plot.py) as a PNG at `path`."""
+    from analysis.density_plot import density_figure
+
+    title = f"{cfg.arch} F={cfg.n_features}, {cfg.n_steps} steps"
+    density_figure(density, title).savefig(path, dpi=110)
+    return path

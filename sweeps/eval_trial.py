@@ -7,7 +7,7 @@ zero-ablated passes over the held-out text) is built once and saved in
 that cache (a stage-2 sweep, the planned run) and by `monoscale eval`. In a trial, after
 training: the model and that reference are loaded once per worker process (Tune reuses
 its actors), the new SAE is scored, its scores logged with the run's final metrics and
-RUN_DIR/eval.json written. A failed evaluation does not fail the trained run: it is
+RUN_DIR/eval.json and feature_density.png written. A failed evaluation does not fail the trained run: it is
 tagged `monoscale.eval_failure`.
 """
 
@@ -30,11 +30,13 @@ from sae_core.sae_files import load_sae, trained_on
 from sae_core.splice_setup import SpliceEvaluation
 from sae_core.trainer import MetricsLogger
 from sweeps.eval_sae import (
+    DENSITY_PNG,
     EVAL_FILE,
     eval_document,
     from_run_metrics,
     logged_metrics,
     weight_metrics,
+    write_density_png,
 )
 from sweeps.tracking import TAG_EVAL_FAILURE, set_tags
 
@@ -90,7 +92,7 @@ def evaluate_in_trial(setup: SpliceSetup, cfg: RunConfig, out_dir: Path,
     and write out_dir/eval.json (returned, for the run's artifacts). A failure is tagged
     on the run and printed; the trained run stands."""
     try:
-        return [_evaluate(setup, cfg, out_dir, run_metrics, logger)]
+        return _evaluate(setup, cfg, out_dir, run_metrics, logger)
     except Exception as err:  # the SAE is trained and saved: do not retrain it for this
         reason = f"{type(err).__name__}: {err}"
         print(f"[{cfg.run_key}] splice evaluation failed: {reason}", file=sys.stderr)
@@ -99,7 +101,7 @@ def evaluate_in_trial(setup: SpliceSetup, cfg: RunConfig, out_dir: Path,
 
 
 def _evaluate(setup: SpliceSetup, cfg: RunConfig, out_dir: Path,
-              run_metrics: dict[str, float], logger: MetricsLogger) -> Path:
+              run_metrics: dict[str, float], logger: MetricsLogger) -> list[Path]:
     sae, _ = load_sae(out_dir)
     device = str(resolve_device(cfg.device))
     key = (setup.reference, device)
@@ -115,4 +117,5 @@ def _evaluate(setup: SpliceSetup, cfg: RunConfig, out_dir: Path,
     document = eval_document(out_dir, cfg, from_run_metrics(run_metrics), density, weights,
                              scores, evaluation.config(), evaluation.source.model,
                              {"reconstruction_from": "the trainer's final evaluation"})
-    return write_core_output(out_dir / EVAL_FILE, document)
+    return [write_core_output(out_dir / EVAL_FILE, document),
+            write_density_png(out_dir / DENSITY_PNG, density, cfg)]

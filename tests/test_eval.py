@@ -67,6 +67,7 @@ def test_eval_run_dir_writes_saebench_json_with_the_library_numbers(
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     written = json.loads((run_dir / "eval.json").read_text())
     assert summary["eval_json"] == str(run_dir / "eval.json")
+    assert (run_dir / "feature_density.png").stat().st_size > 10_000  # the histogram
 
     assert_fields(written, FIELDS["top_level"], "top level", frozenset(NULL_BY_DESIGN))
     assert set(written["eval_config"]) == set(FIELDS["eval_config"])

@@ -52,7 +52,8 @@ max_concurrent_trials: 2
         assert {"explained_variance_legacy", "mse_model_units", "l2_ratio"} <= set(m)
         assert tracking.TAG_EVAL_FAILURE not in run.tags
         artifacts = {a.path for a in client.list_artifacts(run.run_id)}
-        assert {"eval.json", "feature_density.json", "metrics.json"} <= artifacts
+        assert {"eval.json", "feature_density.json", "feature_density.png",
+                "metrics.json"} <= artifacts
         written = json.loads((store / "runs" / "ev" / str(run.run_key) / "eval.json")
                              .read_text())
         assert written["eval_result_unstructured"]["metrics"]["embedding_cosine_score"] == \
