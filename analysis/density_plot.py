@@ -24,7 +24,7 @@ def density_figure(record: dict[str, Any], title: str = "") -> Figure:
         ax.axvline(threshold, color="k", ls=":", lw=0.8)
     alive = int(counts.sum())
     ax.set(xlabel="log10 firing frequency (fraction of held-out tokens)", ylabel="features",
-           xlim=(edges[0] - 0.1, 0.1),
-           title=(f"{title}: " if title else "") + f"{alive} features alive, "
-           f"{record['n_dead']} dead on {record['n_tokens']} tokens")
+           xlim=(edges[0] - 0.1, 0.1))
+    counted = f"{alive} features alive, {record['n_dead']} dead on {record['n_tokens']} tokens"
+    ax.set_title(f"{title}\n{counted}" if title else counted, fontsize=10)
     return fig

@@ -37,14 +37,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      "(default RUN_DIR/eval.json)")
     cmd.add_argument("--cache", metavar="DIR", help="RUN_DIR: the activation cache (default: "
                      "the one the run trained on)")
-    cmd.add_argument("--n-tokens", type=int, help="held-out tokens of the splice, kept "
+    cmd.add_argument("--n-tokens", type=int, metavar="N", help="held-out tokens of the splice, kept "
                      "positions (default: the spec's eval.n_tokens, else 4096)")
     cmd.add_argument("--no-splice", action="store_true", help="the reconstruction set "
                      "only (no model: e.g. a cache from --npy or --synthetic)")
     cmd.add_argument("--plan", metavar="PLAN.json", help="SPEC: the planned run's sweep "
                      "(<name>-plan, `submit --plan`)")
     cmd.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    cmd.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: "
+    cmd.add_argument("--threads", type=int, default=0, metavar="N", help="torch CPU threads (default: "
                      "torch's; one is faster on busy cores)")
     cmd.add_argument("--storage", metavar="DIR", help="SPEC: the sweep's storage "
                      "(default ./.monoscale)")
