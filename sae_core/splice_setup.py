@@ -97,10 +97,13 @@ class SpliceEvaluation:
 
     @classmethod
     def ensure(cls, source: SpliceSource, path: Path, n_tokens: int,
-               device: str = "cpu") -> None:
-        """A reference at `path` for this cache, layer and token count: built unless there."""
-        if not _matches(path, source, n_tokens):
-            cls.build(source, n_tokens, device).save_atomically(path)
+               device: str = "cpu") -> bool:
+        """A reference at `path` for this cache, layer and token count: built unless there.
+        True when it was built."""
+        if _matches(path, source, n_tokens):
+            return False
+        cls.build(source, n_tokens, device).save_atomically(path)
+        return True
 
     def save_atomically(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

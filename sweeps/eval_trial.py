@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +77,12 @@ def prepare_reference(cache: ActivationCache, n_tokens: int, storage_dir: Path) 
     built for this cache and token count is there already."""
     source = checked_source(cache)
     path = reference_path(storage_dir, source, n_tokens)
-    print(f"splice evaluation: reference passes of {source.model} layer {source.layer} over "
-          f"{n_tokens} held-out tokens at {path}", file=sys.stderr, flush=True)
-    SpliceEvaluation.ensure(source, path, n_tokens)
+    started = time.perf_counter()
+    built = SpliceEvaluation.ensure(source, path, n_tokens)
+    print(f"splice evaluation: {source.model} layer {source.layer}, {n_tokens} held-out "
+          f"tokens, reference {'built in ' if built else 'reused: '}"
+          f"{f'{time.perf_counter() - started:.0f} s: ' if built else ''}{path}",
+          file=sys.stderr, flush=True)
     return SpliceSetup(str(path), source.cache_dir, n_tokens)
 
 

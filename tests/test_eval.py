@@ -184,3 +184,18 @@ def test_spec_eval_key_is_off_by_default_and_parsed(tmp_path: Path) -> None:
     assert load_spec(spec).eval is None
     spec.write_text(spec.read_text() + "eval: {splice: true}\n")
     assert (load_spec(spec).eval.splice, load_spec(spec).eval.n_tokens) == (True, 4096)
+
+
+def test_a_sweep_that_splices_a_cache_without_a_model_stops_before_mlflow(
+        synthetic_cache: Path, tmp_path: Path) -> None:
+    from sae_core.errors import UserError
+    from sweeps.driver import Where, submit
+    from sweeps.spec import load_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: s\ncache: {{path: {synthetic_cache}}}\n"
+                    "grid: {n_features: [8], n_steps: [2]}\neval: {splice: true}\n")
+    with pytest.raises(UserError, match="planted dictionary .--synthetic., not a model"):
+        submit(load_spec(spec), Where.resolve(str(tmp_path / "store"), None))
+    # No MLflow store, no run, no reference (the tracking check made the empty folder).
+    assert not any((tmp_path / "store").rglob("*"))
