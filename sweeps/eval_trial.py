@@ -6,9 +6,9 @@ zero-ablated passes over the held-out text) is built once and saved in
 `<storage>/splice/<cache fingerprint>-<n_tokens>.safetensors`, shared by every sweep on
 that cache (a stage-2 sweep, the planned run) and by `monoscale eval`. In a trial, after
 training: the model and that reference are loaded once per worker process (Tune reuses
-its actors), the new SAE is scored, its scores logged with the run's final metrics and
-RUN_DIR/eval.json and feature_density.png written. A failed evaluation does not fail the trained run: it is
-tagged `monoscale.eval_failure`.
+its actors), the new SAE is scored, its scores logged with the run's final metrics, and
+RUN_DIR/eval.json and feature_density.png written. A failed evaluation does not fail the
+trained run: it is tagged `monoscale.eval_failure`.
 """
 
 from __future__ import annotations
