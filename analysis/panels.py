@@ -33,6 +33,11 @@ LEGEND = {"fontsize": 8, "frameon": False}
 MAX_LEGEND_BUDGETS = 8  # more budgets: the legend names the first and the last
 
 
+def metric_label(fits: dict[str, Any]) -> str:
+    """The y label of a panel of the fitted metric (`analyze --metric`), not always loss."""
+    return f"final held-out {fits.get('metric', 'loss')}"
+
+
 def plain_number(value: float, _: Any = None) -> str:
     """240, 0.5, 3e-3, 6e11: numbers as a reader writes them, no 2.4x10^2."""
     if value <= 0 or not np.isfinite(value):
@@ -138,7 +143,7 @@ def draw_loss_vs_compute(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any], col
                 label="IsoFLOP minima")
     if fits.get("planned_run"):
         _draw_planned(ax, fits)
-    ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel="final held-out loss")
+    ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=metric_label(fits))
 
 
 def _draw_planned(ax: Axes, fits: dict[str, Any]) -> None:
@@ -178,7 +183,7 @@ def draw_isoflop(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any]) -> None:
         ax.plot(row.n_features_opt, row.loss_opt, "*", ms=13, mec=color if edge else "k",
                 mfc="none" if edge else color, mew=1.2 if edge else 0.5)
     ax.plot([], [], "*", color="0.5", mec="k", mew=0.5, ms=10, label="F_opt (open: grid's edge)")
-    ax.set(xscale="log", xlabel="n_features F", ylabel="final held-out loss")
+    ax.set(xscale="log", xlabel="n_features F", ylabel=metric_label(fits))
 
 
 def draw_allocation(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any], which: str = "features") -> None:
@@ -233,7 +238,7 @@ def draw_lr_curves(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any]) -> None:
                 mfc="none" if edge else color, mew=1.2 if edge else 0.5)
     ax.plot([], [], "-", color="0.5", label="parabola over the window (log loss)")
     ax.plot([], [], "*", color="0.5", mec="k", mew=0.5, ms=10, label="LR_opt (open: grid's edge)")
-    ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final held-out loss")
+    ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel=metric_label(fits))
 
 
 def draw_lr_law(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any]) -> None:
@@ -278,6 +283,6 @@ def draw_prediction(ax: Axes, fits: dict[str, Any]) -> None:
         inside = "inside" if run.get("within_pi95") else "outside"
         ax.plot([0.6], [achieved], "*", color=ACHIEVED, mec="k", mew=0.5, ms=16,
                 label=f"achieved {achieved:.4g} ({run['relative_error']:+.1%}, {inside} the PI)")
-    ax.set(xlim=(-0.8, 1.4), xticks=[], ylabel="final held-out loss")
+    ax.set(xlim=(-0.8, 1.4), xticks=[], ylabel=metric_label(fits))
     ax.margins(y=0.12)
     ax.set_title(f"Predicted against achieved\n{title}", fontsize=10)

@@ -15,6 +15,7 @@ interval and within 2% of its prediction).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -28,8 +29,10 @@ TARGET_REL_ERROR = 0.02
 
 
 def run(*argv: str) -> None:
+    """One monoscale command, its printout on stderr: stdout is the bench's JSON line."""
     print(f"$ monoscale {' '.join(argv)}", file=sys.stderr, flush=True)
-    code = monoscale(list(argv))
+    with contextlib.redirect_stdout(sys.stderr):
+        code = monoscale(list(argv))
     if code != 0:
         raise SystemExit(f"monoscale {argv[0]} exited {code}")
 

@@ -70,6 +70,17 @@ def model_d_in(model: str) -> int:
     return int(_config(model).hidden_size)
 
 
+def is_causal_lm(model: str) -> bool:
+    """Whether splice evaluation scores the model's next-token predictions (a decoder LM:
+    a GGUF file, which holds decoders only, or a config naming a causal-LM head) rather
+    than its sentence embedding (an encoder such as MiniLM, whose config names BertModel).
+    From the config alone."""
+    if "gguf_file" in _source(model)[1]:
+        return True
+    architectures = _config(model).architectures or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
 def load_model(model: str, device: str = "cpu", lm_head: bool = False) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) for an embedded alias, a local path or a hub id.
     lm_head: the causal LM with its output head (splice evaluation), not the bare body."""
@@ -204,11 +215,23 @@ def _check_sizes(n_tokens: int, context_tokens: int, batch_contexts: int) -> Non
             raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
-def _hashed(texts: Iterable[tuple[str, str]], digest: Any) -> Iterator[tuple[str, str]]:
-    """The texts, each fed to `digest` as it is read (a checksum of the text used)."""
-    for name, text in texts:
-        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
-        yield name, text
+class TextsRead:
+    """The texts, each fed to a sha256 as it is read (a checksum of the text used) and
+    counted: `n_documents` were read when the cache stopped, so the held-out text of a
+    splice evaluation starts at that document (sae_core/held_out.py)."""
+
+    def __init__(self, texts: Iterable[tuple[str, str]]) -> None:
+        self.texts, self.digest, self.n_documents = texts, hashlib.sha256(), 0
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for name, text in self.texts:
+            self.digest.update(name.encode() + b"\0" + text.encode() + b"\0")
+            self.n_documents += 1
+            yield name, text
+
+
+# What a cached row is, for meta.json: the positions _contexts drops.
+DROPPED_POSITIONS = ("padding", "special tokens", "each context's first position")
 
 
 def build_model_cache(out_dir: str | Path, model: str = "minilm", layer: int | None = None,
@@ -219,8 +242,11 @@ def build_model_cache(out_dir: str | Path, model: str = "minilm", layer: int | N
     """Cache `n_tokens` residual-stream rows of `model` at `layer` over `corpus`.
     reuse_only: open the cache at out_dir if this request built it; load no weights.
 
-    meta.json's "source" records the model, layer, corpus, a sha256 of the text read and
-    the generation throughput (activation_tokens_per_s: tokenizer and model, not loading).
+    meta.json's "source" records the model, layer, corpus, the tokenisation
+    (context_tokens, padding_side, dropped_positions), how far into the corpus the cache
+    read (n_documents_read: the held-out text of a splice evaluation starts after them),
+    a sha256 of the text read and the generation throughput (activation_tokens_per_s:
+    tokenizer and model, not loading).
     """
     _check_sizes(n_tokens, context_tokens, batch_contexts)  # before any weights are loaded
     corpus_description = corpora.describe(corpus)  # a bad corpus is named before the model
@@ -232,12 +258,15 @@ def build_model_cache(out_dir: str | Path, model: str = "minilm", layer: int | N
 
     def produce(writer: CacheWriter) -> dict[str, Any]:
         net, tokenizer = load_model(model, device)
-        digest = hashlib.sha256()
-        rows = generate_activations(ResidualReader(net, layer), tokenizer,
-                                    _hashed(corpora.documents(corpus), digest),
+        texts = TextsRead(corpora.documents(corpus))
+        rows = generate_activations(ResidualReader(net, layer), tokenizer, texts,
                                     writer.n_remaining, context_tokens, batch_contexts)
         stats = _timed(rows, writer.n_remaining, writer.add)
-        return {"text_sha256": digest.hexdigest(), **stats}
+        # Found, not requested: a cache built before these were recorded keeps its
+        # fingerprint (and is reused).
+        return {"text_sha256": texts.digest.hexdigest(), "n_documents_read": texts.n_documents,
+                "padding_side": "right", "dropped_positions": list(DROPPED_POSITIONS),
+                **stats}
 
     return build_cache(out_dir, request, n_tokens, dtype, produce, reuse_only=reuse_only)
 

@@ -31,6 +31,16 @@ from torch.nn import functional
 
 from sae_core.coder import SparseCoder
 
+# Splice scores rise to 1 with quality (sae_core/splice.py, splice_embedding.py); each has
+# a falling twin, 1 − score, the form a scaling law (a loss falling as a power law in
+# compute) is fitted to (sae_core/splice_setup.py logs them).
+SCORE_GAPS = {"ce_loss_score": "ce_loss_gap", "kl_div_score": "kl_div_gap",
+              "embedding_cosine_score": "embedding_cosine_gap"}
+# Every metric that rises with quality, and what to fit instead (None: no twin is logged).
+RISING_METRICS: dict[str, str | None] = {
+    **SCORE_GAPS, "explained_variance": "normalized_mse", "explained_variance_legacy": None,
+    "cossim": None, "embedding_cos_with_sae": None, "frac_alive": None}
+
 
 def explained_variance(x: Tensor, x_hat: Tensor) -> Tensor:
     """Pooled: 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ = x.mean(0). [N, d], [N, d] -> []"""
@@ -52,27 +62,50 @@ def reconstruction_metrics(coder: SparseCoder, x: Tensor,
                            chunk_tokens: int = 4096) -> Reconstruction:
     """Every reconstruction, shrinkage, sparsity and density metric of `coder` on x [N, d].
 
-    Chunks of `chunk_tokens` rows, so N x F never sits in memory at once; sums in float64,
-    since SmolLM2's middle layer carries large constant offsets (Σ‖x − x̄‖² is a small
-    difference of large numbers otherwise). Per-token means follow SAEBench: cossim is 0
-    where x̂ = 0 (SAEBench: NaN); l2_ratio divides by 1 where ‖x‖ < 1e-4, as SAEBench does.
-    relative_reconstruction_bias is E‖x̂‖² / E⟨x, x̂⟩ over the eval set (Rajamanoharan et
-    al. 2024, eq. 10; SAEBench averages it over batches). l0 counts f != 0, l1 sums |f|
-    (SAELens 6.54). mse is ‖x − x̂‖² summed over d, averaged over tokens (SAELens 6.54 and
-    monoscale's training loss; SAEBench at 8042bb3 also divides by the batch's token count).
+    Chunks of `chunk_tokens` rows, so N x F never sits in memory at once (ReconstructionSums
+    has the conventions).
     """
-    n_tokens = x.shape[0]
+    sums = ReconstructionSums(mean_rows(x, chunk_tokens))
+    for chunk in x.split(chunk_tokens):
+        f = coder.encode(chunk)
+        sums.add(chunk, f, coder.decode(f))
+    return sums.result()
+
+
+def mean_rows(x: Tensor, chunk_tokens: int = 4096) -> Tensor:
+    """x̄ [d] in float64, summed chunk by chunk."""
     x_mean = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
     for chunk in x.split(chunk_tokens):
         x_mean += chunk.double().sum(0)
-    x_mean /= n_tokens
-    sums: defaultdict[str, float] = defaultdict(float)
-    active: Tensor | None = None
-    for chunk in x.split(chunk_tokens):
-        f = coder.encode(chunk)
-        x64, x_hat = chunk.double(), coder.decode(f).double()
+    return x_mean / x.shape[0]
+
+
+class ReconstructionSums:
+    """reconstruction_metrics accumulated over chunks (x, f, x̂) whose encoding the caller
+    ran: the trainer's final evaluation computes them in the pass it makes anyway.
+
+    Sums in float64, since SmolLM2's middle layer carries large constant offsets (Σ‖x − x̄‖²
+    is a small difference of large numbers otherwise); x̄ [d] comes first (`mean_rows`).
+    Per-token means follow SAEBench: cossim is 0 where x̂ = 0 (SAEBench: NaN); l2_ratio
+    divides by 1 where ‖x‖ < 1e-4, as SAEBench does. relative_reconstruction_bias is
+    E‖x̂‖² / E⟨x, x̂⟩ over the eval set (Rajamanoharan et al. 2024, eq. 10; SAEBench averages
+    it over batches). l0 counts f != 0, l1 sums |f| (SAELens 6.54). mse is ‖x − x̂‖² summed
+    over d, averaged over tokens (SAELens 6.54 and monoscale's training loss; SAEBench at
+    8042bb3 also divides by the batch's token count).
+    """
+
+    def __init__(self, x_mean: Tensor) -> None:
+        self.x_mean = x_mean.double()
+        self.n_tokens = 0
+        self.sums: defaultdict[str, float] = defaultdict(float)
+        self.active: Tensor | None = None  # [F] tokens on which each feature fired
+
+    @torch.no_grad()
+    def add(self, x: Tensor, f: Tensor, x_hat: Tensor) -> None:
+        """One chunk: x, x̂ [n, d] in the units to report, f [n, F]."""
+        x64, x_hat = x.double(), x_hat.double()
         resid_sq = (x64 - x_hat).pow(2).sum(-1)
-        centred_sq = (x64 - x_mean).pow(2).sum(-1)
+        centred_sq = (x64 - self.x_mean).pow(2).sum(-1)
         norm_in, norm_out = x64.norm(dim=-1), x_hat.norm(dim=-1)
         is_active = f != 0
         per_token = {
@@ -85,27 +118,31 @@ def reconstruction_metrics(coder: SparseCoder, x: Tensor,
             "l0": is_active.sum(-1).double(), "l1": f.abs().double().sum(-1),
         }
         for name, values in per_token.items():
-            sums[name] += values.sum().item()
+            self.sums[name] += values.sum().item()
         counts = is_active.sum(0)
-        active = counts if active is None else active + counts
-    assert active is not None, "x has no rows"
-    mean = {name: total / n_tokens for name, total in sums.items()}
-    normalized_mse = sums["resid_sq"] / sums["centred_sq"]
-    metrics = {
-        "explained_variance": 1 - normalized_mse,
-        "explained_variance_legacy": mean["explained_variance_legacy"],
-        "mse": mean["resid_sq"],
-        "normalized_mse": normalized_mse,
-        "cossim": mean["cossim"],
-        "l2_norm_in": mean["l2_norm_in"],
-        "l2_norm_out": mean["l2_norm_out"],
-        "l2_ratio": mean["l2_ratio"],
-        "relative_reconstruction_bias": sums["x_hat_sq"] / sums["x_dot_x_hat"],
-        "l0": mean["l0"],
-        "l1": mean["l1"],
-    }
-    density = active.double() / n_tokens
-    return Reconstruction({**metrics, **density_metrics(density)}, density)
+        self.active = counts if self.active is None else self.active + counts
+        self.n_tokens += len(x)
+
+    def result(self) -> Reconstruction:
+        assert self.active is not None, "x has no rows"
+        sums, n_tokens = self.sums, self.n_tokens
+        mean = {name: total / n_tokens for name, total in sums.items()}
+        normalized_mse = sums["resid_sq"] / sums["centred_sq"]
+        metrics = {
+            "explained_variance": 1 - normalized_mse,
+            "explained_variance_legacy": mean["explained_variance_legacy"],
+            "mse": mean["resid_sq"],
+            "normalized_mse": normalized_mse,
+            "cossim": mean["cossim"],
+            "l2_norm_in": mean["l2_norm_in"],
+            "l2_norm_out": mean["l2_norm_out"],
+            "l2_ratio": mean["l2_ratio"],
+            "relative_reconstruction_bias": sums["x_hat_sq"] / sums["x_dot_x_hat"],
+            "l0": mean["l0"],
+            "l1": mean["l1"],
+        }
+        density = self.active.double().cpu() / n_tokens
+        return Reconstruction({**metrics, **density_metrics(density)}, density)
 
 
 def density_metrics(feature_density: Tensor) -> dict[str, float]:

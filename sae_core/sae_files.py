@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -70,18 +71,63 @@ def save_sae(run_dir: Path, sae: SAE, cfg: RunConfig, norm_scale: float,
 
 
 def load_sae(run_dir: str | Path) -> tuple[SAE, RunConfig]:
-    """A finished run's SAE, in raw model units, and its RunConfig."""
+    """A finished run's SAE, in raw model units, and its RunConfig. Also reads the layout
+    of runs from before the SAELens one (`load_legacy`)."""
     run_dir = Path(run_dir)
+    if not (run_dir / WEIGHTS_FILE).exists() and (run_dir / LEGACY_WEIGHTS_FILE).exists():
+        return load_legacy(run_dir)
     try:
-        saved = json.loads((run_dir / CFG_FILE).read_text())
+        saved = read_cfg(run_dir)
         cfg = RunConfig.from_dict(saved["monoscale"]["run_config"])
         state = load_file(str(run_dir / WEIGHTS_FILE))
     except (OSError, KeyError, TypeError, ValueError) as err:
         raise UserError(f"{run_dir} holds no finished monoscale SAE ({CFG_FILE} and "
                         f"{WEIGHTS_FILE}): {err}") from None
+    return _built(cfg, state), cfg
+
+
+# Runs saved before the SAELens layout: sae.safetensors held the weights in the normalised
+# space, and cfg.json the RunConfig's fields at its top level beside norm_scale and a few
+# of SAELens's fields (model_name, hook_layer).
+LEGACY_WEIGHTS_FILE = "sae.safetensors"
+
+
+def load_legacy(run_dir: Path) -> tuple[SAE, RunConfig]:
+    """An old-layout run's SAE, the scale folded in as save_sae folds it."""
+    try:
+        saved = read_cfg(run_dir)
+        known = {f.name for f in fields(RunConfig)}
+        cfg = RunConfig.from_dict({k: v for k, v in saved.items() if k in known})
+        state = fold_scale(load_file(str(run_dir / LEGACY_WEIGHTS_FILE)),
+                           float(saved["norm_scale"]))
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{run_dir} holds no finished monoscale SAE ({CFG_FILE} and "
+                        f"{LEGACY_WEIGHTS_FILE}, the layout before SAELens's): {err}") from None
+    return _built(cfg, state), cfg
+
+
+def read_cfg(run_dir: Path) -> dict[str, Any]:
+    """cfg.json of a run, either layout."""
+    try:
+        saved = json.loads((Path(run_dir) / CFG_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{run_dir} holds no finished monoscale SAE: {err}") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{run_dir}/{CFG_FILE} is not a JSON object")
+    return saved
+
+
+def trained_on(saved: dict[str, Any]) -> tuple[str | None, int | None]:
+    """(model, layer) a run's cfg.json names, either layout."""
+    where = saved.get("metadata") if "monoscale" in saved else saved
+    where = where if isinstance(where, dict) else {}
+    return where.get("model_name"), where.get("hook_layer")
+
+
+def _built(cfg: RunConfig, state: dict[str, torch.Tensor]) -> SAE:
     sae = archs.build(cfg).init(cfg.d_in, cfg.n_features, torch.Generator())
     sae.load_state_dict(state)
-    return sae, cfg
+    return sae
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from sae_core import archs, checkpoint
 from sae_core.config import RunConfig
 from sae_core.device import autocast_dtype, resolve_device
 from sae_core.errors import UserError
-from sae_core.evaluate import evaluate
+from sae_core.evaluate import evaluate, final_evaluation
 from sae_core.model import SAE, StepContext
 from sae_core.schedule import lr_factor
 
@@ -37,7 +37,8 @@ class DivergedError(UserError):
 
 class TrainResult(NamedTuple):
     sae: SAE
-    metrics: dict[str, float]  # final held-out metrics, see evaluate()
+    metrics: dict[str, float]  # final held-out metrics, see evaluate() / final_evaluation()
+    feature_density: torch.Tensor | None = None  # [F], with norm_scale: see final_evaluation()
 
 
 def train(
@@ -49,8 +50,11 @@ def train(
     on_checkpoint: Callable[[Path, int], None] | None = None,
     fork_steps: Collection[int] = (),
     on_fork: Callable[[Path, int], None] | None = None,
+    norm_scale: float | None = None,
 ) -> TrainResult:
     """Train one SAE for cfg.n_steps steps; eval_x [N, d] is held-out, normalised data.
+    With the cache's `norm_scale`, the final metrics add the standard reconstruction set
+    in model units (evaluate.final_evaluation) and the result its feature density.
 
     After each step count in `fork_steps` (below n_steps) the state is checkpointed and
     `on_fork(checkpoint_dir, step)` called: branched step schedules (sae_core/branching.py)
@@ -145,7 +149,11 @@ def train(
         if fork and on_fork is not None:
             on_fork(checkpoint_dir, done)
 
-    metrics = evaluate(sae, eval_x, mm_dtype)
+    density = None
+    if norm_scale is None:
+        metrics = evaluate(sae, eval_x, mm_dtype)
+    else:
+        metrics, density = final_evaluation(sae, eval_x, norm_scale, mm_dtype)
     metrics["dead_fraction"] = _dead_fraction(tokens_since_fired, cfg, cfg.n_steps)
     metrics["compute_flops"] = cfg.compute_flops
     metrics["n_tokens"] = float(cfg.n_tokens)
@@ -154,7 +162,7 @@ def train(
     metrics["step"] = float(cfg.n_steps)
     if logger is not None:
         logger.log(metrics, step=cfg.n_steps)
-    return TrainResult(sae, metrics)
+    return TrainResult(sae, metrics, density)
 
 
 def _dead_fraction(tokens_since_fired: torch.Tensor, cfg: RunConfig, steps_done: int) -> float:

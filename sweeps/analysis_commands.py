@@ -138,6 +138,7 @@ def _analyze(args: argparse.Namespace) -> int:
         raise UserError(f"--draws must be >= 0, got {args.draws}")
     runs, sweep, uri = _load_runs(args)
     metric, why = choose_metric(runs, args.metric)
+    _check_falling(metric)
     runs = with_metric(runs, metric)
     planned = planned_row = None
     if args.plan:
@@ -202,6 +203,19 @@ def _attach(uri: str, sweep: str, out: Path, fits_by_group: dict[str, Any],
     print(f"attached to MLflow run {target.parent_run_id} (artifacts/analysis)")
 
 
+def _check_falling(metric: str) -> None:
+    """The laws are a metric falling as a power law in compute: refuse one that rises
+    with quality (sae_core/metrics.py), naming its falling twin where one is logged."""
+    from sae_core.metrics import RISING_METRICS
+
+    if metric in RISING_METRICS:
+        twin = RISING_METRICS[metric]
+        instead = (f": fit --metric {twin} (= 1 - {metric}) instead" if twin else
+                   ": fit a metric that falls as the SAE improves")
+        raise UserError(f"{metric} rises with quality, and the laws fit a metric that "
+                        f"falls with compute{instead}")
+
+
 def _json_safe(obj: Any) -> Any:
     from analysis.report import to_json_safe
 
@@ -244,6 +258,10 @@ def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None, metric: str 
     from analysis.plan import check_plan, is_planned_run
 
     plan = _read_json(path, "plan")
+    planned_metric = plan.get("metric", "loss")
+    if planned_metric != metric:
+        raise UserError(f"{path} predicts {planned_metric}, this analysis fits {metric}: "
+                        f"pass --metric {planned_metric} to check the planned run")
     candidates = runs
     if sweep is not None and uri is not None:
         from sweeps.analysis_input import read_sweep_runs
@@ -261,6 +279,7 @@ def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None, metric: str 
                         f"{plan.get('n_steps')} among the runs: train the plan first "
                         "(monoscale submit SPEC --plan PLAN.json)")
     row = candidates[is_planned_run(plan, candidates)].iloc[-1].to_dict()
+    report["metric"] = metric  # predicted_loss and achieved_loss are of this metric
     return report, runs[~is_planned_run(plan, runs)], row
 
 

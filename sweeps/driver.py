@@ -24,7 +24,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_core.config import RunConfig
 from sae_core.errors import UserError
@@ -34,6 +34,9 @@ from sweeps.descriptions import sweep_text
 from sweeps.preflight import check_runs, preflight
 from sweeps.spec import SweepSpec, expand
 from sweeps.store import check_store, normalize_tracking_uri
+
+if TYPE_CHECKING:  # it imports transformers: loaded only for a sweep that splices
+    from sweeps.eval_trial import SpliceSetup
 
 DEFAULT_STORAGE = ".monoscale"
 
@@ -101,6 +104,7 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
         cache = prepare_cache(spec)  # built now if missing, then checksummed
         configs = expand(spec, cache.d_in)
         check_runs(spec, configs, cache_facts(cache), local=address is None)
+        splice = _splice_setup(spec, where)  # before any store or run: a bad cache stops here
         # The store is prepared and the sweep claimed in it while Ray starts: its SQL
         # module imported (1.3 s of CPU here), a new one copied from the template.
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -117,7 +121,7 @@ def submit(spec: SweepSpec, where: Where, address: str | None = None,
                 tracking.start_sweep(target, parent_tags)
                 tracking.describe(target, "sweep", sweep_text(spec.name, spec.stage, configs,
                                                               cache.meta))
-                return _run(spec, where, configs, target)
+                return _run(spec, where, configs, target, splice)
             finally:
                 claim.release()
         finally:
@@ -134,7 +138,7 @@ def _open_and_claim(spec: SweepSpec, where: Where) -> tuple[tracking.TrackingTar
 
 
 def _run(spec: SweepSpec, where: Where, configs: list[RunConfig],
-         target: tracking.TrackingTarget) -> int:
+         target: tracking.TrackingTarget, splice: SpliceSetup | None = None) -> int:
     """The points the store has not finished, as Tune trials; then the audit."""
     from sweeps.trial import FAIL_ONCE_ENV, TrialContext
     from sweeps.tune_runner import TuneOptions
@@ -150,7 +154,8 @@ def _run(spec: SweepSpec, where: Where, configs: list[RunConfig],
         runs_dir=str(where.storage_dir / "runs" / spec.name),
         log_weights=spec.log_weights,
         fail_once_after_checkpoint=bool(os.environ.get(FAIL_ONCE_ENV)),
-        cpus_per_trial=spec.resources.cpu, gpus_per_trial=spec.resources.gpu)
+        cpus_per_trial=spec.resources.cpu, gpus_per_trial=spec.resources.gpu,
+        splice=splice)
     options = TuneOptions(where.storage_dir)
     if spec.search is not None:
         return _search(spec, configs, target, ctx, options)
@@ -195,6 +200,17 @@ def _run_points(spec: SweepSpec, configs: list[RunConfig], todo: list[RunConfig]
     started = {m.run_key for f in todo_families if f.trunk.run_key in result.started
                for m in f.members}
     return dataclasses.replace(result, started=frozenset(result.started | started))
+
+
+def _splice_setup(spec: SweepSpec, where: Where) -> SpliceSetup | None:
+    """`eval: {splice: true}`: the cache's model checked and the reference passes built once,
+    here, before any MLflow run or trial (sweeps/eval_trial.py)."""
+    if spec.eval is None or not spec.eval.splice:
+        return None
+    from sweeps.eval_trial import prepare_reference
+
+    cache = prepare_cache(spec, build=False, verify="size")  # plan() built and checked it
+    return prepare_reference(cache, spec.eval.n_tokens, where.storage_dir)
 
 
 def _search(spec: SweepSpec, points: list[RunConfig], target: tracking.TrackingTarget,

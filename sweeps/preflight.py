@@ -41,6 +41,12 @@ def preflight(spec: SweepSpec, tracking_uri: str, storage_dir: Path, address: st
     facts = check_cache(spec)
     configs = expand(spec, facts.d_in)
     check_runs(spec, configs, facts, local=address is None)
+    if spec.eval is not None and spec.eval.splice and (spec.cache.path / "meta.json").exists():
+        from sae_core.cache import ActivationCache
+        from sweeps.eval_trial import checked_source
+
+        # a cache with no model to splice into, a model not installed: named here
+        checked_source(ActivationCache.open(spec.cache.path, verify="size"))
     return configs
 
 

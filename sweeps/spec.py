@@ -17,6 +17,8 @@
     adaptive: {max_rounds: 3, compute_cap_flops: 1e14}   # or true; off by default: rounds of
                                                 # added widths (sweeps/adaptive_spec.py)
     branching: false                            # runs differing only in steps share a trunk
+    eval: {splice: true, n_tokens: 4096}        # splice evaluation after each trial; off by
+                                                # default (sweeps/eval_spec.py)
 
 Validation is strict: an unknown key, a wrong type, an empty axis or a non-positive size
 or rate is a UserError naming the field path (`grid.n_features[2]`).
@@ -37,6 +39,7 @@ from analysis.adaptive import AdaptiveSettings
 from sae_core.branching import with_shared_warmup
 from sae_core.config import ConfigError, RunConfig
 from sweeps.adaptive_spec import parse_adaptive
+from sweeps.eval_spec import EvalSpec, parse_eval
 from sweeps.spec_sizes import SIZE_AXES, IsoflopSpec, isoflop_steps, parse_sizes, size_pairs
 from sweeps.spec_values import (
     SpecError,
@@ -56,7 +59,7 @@ _RESERVED = frozenset({"cache_dir", "d_in"})
 # field -> its annotation as text ("int", "float", "str", "int | None")
 RUN_FIELDS = {f.name: str(f.type) for f in fields(RunConfig) if f.name not in _RESERVED}
 _TOP_KEYS = ("name", "stage", "cache", "base", "grid", "variants", "points", "isoflop", "search",
-             "resources", "max_concurrent_trials", "max_failures", "log_weights", "adaptive", "branching")
+             "resources", "max_concurrent_trials", "max_failures", "log_weights", "adaptive", "branching", "eval")
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class SweepSpec:
     # adaptive round adds later leave the earlier members' run keys as they were. Set from
     # isoflop, and kept by the adaptive rounds' derived specs (which list points).
     branch_floor_flops: float | None = None
+    eval: EvalSpec | None = None  # splice evaluation at the end of each trial (eval_spec.py)
 
     @property
     def batch_size_tokens(self) -> int:
@@ -191,6 +195,7 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         max_failures=non_negative_int(data.get("max_failures", 2), "max_failures"),
         log_weights=parse_bool(data.get("log_weights", False), "log_weights"),
         branching=branching,
+        eval=parse_eval(data.get("eval")),
     )
     _check_run_settings(spec)
     return spec

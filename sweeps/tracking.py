@@ -47,6 +47,7 @@ TAG_NOTE = "mlflow.note.content"  # the description MLflow's UI shows on a run o
 TAG_NOTE_PART = "monoscale.note"  # the parent: each part of that description
 NOTE_PARTS = ("sweep", "laws", "plan")  # sweeps/descriptions.py
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+TAG_EVAL_FAILURE = "monoscale.eval_failure"  # a trial's splice evaluation failed, and why
 PLAN_FIELDS = ("predicted_loss", "predicted_loss_pi95", "predicted_loss_ci95", "compute_flops")
 _STATE_RANK = {"FINISHED": 0, "RUNNING": 1, "SCHEDULED": 1, "FAILED": 2, "KILLED": 3}
 
@@ -330,6 +331,19 @@ def mark_killed(target: TrackingTarget, runs: Iterable[RunRecord], reason: str) 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
     """Tags on an existing run (the adaptive loop marks the runs it added, and its parent)."""
     MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
+
+
+def log_evaluation(uri: str, run_id: str, metrics: dict[str, float], step: int,
+                   artifacts: Iterable[Path] = ()) -> None:
+    """An evaluation's metrics at `step` (the run's last) and its files, into a run that
+    finished earlier (`monoscale eval SPEC`; MLflow logs into ended runs too)."""
+    client = MlflowClient(uri)
+    now = int(time.time() * 1000)
+    points = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for i in range(0, len(points), 1000):
+        client.log_batch(run_id, metrics=points[i:i + 1000])
+    for path in artifacts:
+        client.log_artifact(run_id, str(path))
 
 
 def attach(uri: str, run_id: str, directory: str | Path, artifact_path: str) -> None:

@@ -15,14 +15,18 @@ import shutil
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
 
 from sae_core.config import RunConfig
+from sae_core.run import DENSITY_FILE
 from sae_core.sae_files import WEIGHTS_FILE
 from sweeps.tracking import TAG_NODE, TAG_POINT, ChildRun, TrackingTarget, child_runs, mark_killed
+
+if TYPE_CHECKING:  # sweeps/eval_trial.py imports transformers: only trials that splice load it
+    from sweeps.eval_trial import SpliceSetup
 
 # Test hook: a trial on its first attempt raises right after its first checkpoint, so
 # the tests can see Tune retry it from that checkpoint. Read on the driver.
@@ -40,6 +44,7 @@ class TrialContext:
     fail_once_after_checkpoint: bool = False
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    splice: SpliceSetup | None = None  # `eval: {splice: true}`: score each SAE when trained
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -115,7 +120,13 @@ def train_member(cfg: RunConfig, ctx: TrialContext, out_dir: Path, resumed_from_
         raise
     run.metrics.log({"compute_flops_spent": spent}, step=cfg.n_steps)
     weights = [out_dir / WEIGHTS_FILE] if ctx.log_weights else []
-    run.finish([out_dir / "cfg.json", out_dir / "metrics.json", *weights])
+    artifacts = [out_dir / "cfg.json", out_dir / "metrics.json", out_dir / DENSITY_FILE, *weights]
+    if ctx.splice is not None:
+        from sweeps.eval_trial import evaluate_in_trial
+
+        artifacts += evaluate_in_trial(ctx.splice, cfg, out_dir, metrics, run.metrics,
+                                       ctx.target.uri, run.run_id)
+    run.finish(artifacts)
     return metrics
 
 

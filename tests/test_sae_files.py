@@ -75,3 +75,27 @@ def test_load_names_what_is_missing(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="holds no finished monoscale SAE"):
         load_sae(tmp_path)
+
+
+def test_old_layout_loads_in_raw_units(tmp_path: Path) -> None:
+    """Runs saved before the SAELens layout (the demo's stage-1 store): sae.safetensors in
+    the normalised space, the RunConfig's fields at the top of cfg.json beside norm_scale."""
+    from safetensors.torch import save_file
+
+    from sae_core.sae_files import read_cfg, trained_on
+
+    cfg = RunConfig(cache_dir="-", d_in=D, n_features=F, n_steps=10)
+    trained = archs.build(cfg).init(D, F, torch.Generator().manual_seed(0))
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()},
+              str(tmp_path / "sae.safetensors"))
+    (tmp_path / "cfg.json").write_text(json.dumps({
+        **cfg.to_dict(), "architecture": "standard", "d_sae": F, "norm_scale": SCALE,
+        "model_name": "minilm", "hook_layer": 3, "hook_name": None}))
+    loaded, loaded_cfg = load_sae(tmp_path)
+    assert loaded_cfg == cfg and loaded_cfg.run_key == cfg.run_key
+    assert trained_on(read_cfg(tmp_path)) == ("minilm", 3)
+    x_raw = torch.randn(100, D, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x_raw), trained.encode(x_raw * SCALE))
+        torch.testing.assert_close(loaded(x_raw).x_hat, trained(x_raw * SCALE).x_hat / SCALE,
+                                   rtol=1e-5, atol=1e-5)

@@ -102,6 +102,10 @@ isoflop:
      "points and grid.n_features"),
     ("grid: {n_features: [128], n_steps: [10]}\nsearch: {axis: n_steps, range: [1, 2], "
      "n_trials: 3}", "search.axis"),
+    ("grid: {n_features: [128], n_steps: [10]}\neval: {splice: yes please}", "eval.splice"),
+    ("grid: {n_features: [128], n_steps: [10]}\neval: {splice: true, n_tokens: 0}",
+     "eval.n_tokens"),
+    ("grid: {n_features: [128], n_steps: [10]}\neval: {spliced: true}", "eval.spliced"),
 ])
 def test_bad_specs_name_the_field(tmp_path: Path, extra: str, field: str) -> None:
     with pytest.raises(UserError) as info:
