@@ -211,7 +211,7 @@ def draw_allocation(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any], which: s
         ax.errorbar(pred["compute_flops"], point["value"], fmt="s", color="0.35", capsize=3,
                     yerr=[[max(0.0, point["value"] - point["ci95"][0])],  # a point may lie
                           [max(0.0, point["ci95"][1] - point["value"])]],  # outside its draws
-                    label="parametric optimum at target (95% CI)")
+                    label=f"parametric optimum at C={pred['compute_flops']:.2g} (95% CI)")
     if fits.get("planned_run"):
         ax.plot(_planned_compute(fits), fits["planned_run"]["n_" + which], "*", color=ACHIEVED,
                 mec="k", mew=0.5, ms=13, label="planned run")
