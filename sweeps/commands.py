@@ -112,11 +112,14 @@ def _ui(args: argparse.Namespace) -> int:
     if where.tracking_uri.startswith(("http://", "https://")):
         print(f"the sweep logs to a server already: {where.tracking_uri}")
         return 0
-    address = f"http://127.0.0.1:{args.port}"
+    address = f"http://127.0.0.1:{args.port}/#/experiments"
     if args.spec:
         target = tracking.find_sweep(where.tracking_uri, load_spec(args.spec).name)
         if target is not None:
-            address += f"/#/experiments/{target.experiment_id}"
+            address += f"/{target.experiment_id}/runs"
+    # MLflow 3's UI opens a new browser on its GenAI pages (traces); the runs table is
+    # its "machine_learning" workflow, chosen by this query parameter.
+    address += "?workflowType=machine_learning"
     # One worker and no job runner: 2 processes and 0.5 GB instead of 15 and 2.5 GB
     # (ECOSYSTEM.md).
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
