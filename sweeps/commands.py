@@ -117,8 +117,8 @@ def _ui(args: argparse.Namespace) -> int:
         target = tracking.find_sweep(where.tracking_uri, load_spec(args.spec).name)
         if target is not None:
             address += f"/#/experiments/{target.experiment_id}"
-    # One worker and no job runner: 2 processes and 0.5 GB instead of 15 and 2.5 GB
-    # (ECOSYSTEM.md).
+    # One worker and no job runner: 2 processes and 0.5 GB instead of 15 and 2.2-2.8 GB
+    # (docs/METHOD.md §5.7).
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                where.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port),
