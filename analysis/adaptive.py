@@ -1,10 +1,10 @@
-"""Adaptive IsoFLOP grid: which (F, steps) points to add after a pass, and why (issue 5).
+"""Adaptive IsoFLOP grid: which (F, steps) points to add after a pass, and why.
 
 Pure: a runs table and the design in, a `Round` out (additions with their reasons, the
 ones a compute cap dropped, and a stop reason). The sweep loop (sweeps/adaptive.py) trains
 the additions and calls `next_round` again.
 
-Per budget C of the design (METHOD.md s2: loss is a parabola in log F at fixed C):
+Per budget C of the design (docs/METHOD.md §2.4: loss is a parabola in log F at fixed C):
 - edge: the best sampled width is the grid's smallest or largest, or the parabola's vertex
   lies outside the sampled widths -> add the next width beyond that edge, one grid spacing
   (the median gap between the design's log widths) further; two spacings when the vertex
@@ -17,7 +17,7 @@ Stop when nothing is flagged, when every addition would exceed the compute cap (
 exceeded), when max_rounds is reached, or when no budget is on an edge and the fitted
 exponents' 95% intervals shrank by less than `min_shrink` (relative) since the last round.
 Edge additions ignore the shrink test: an interval can be narrow and biased while a
-minimum sits on the grid's edge (ECOSYSTEM.md: an edge-bound grid missed the plan by 16%).
+minimum sits on the grid's edge (docs/METHOD.md §5.3: an edge-bound grid missed the plan by 16%).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class AdaptiveSettings:
 
 @dataclass(frozen=True)
 class Design:
-    """An IsoFLOP design: budgets x widths, k = 12 d_in batch_size_tokens (METHOD.md s2)."""
+    """An IsoFLOP design: budgets x widths, k = 12 d_in batch_size_tokens (docs/METHOD.md §2.1)."""
 
     budgets_flops: tuple[float, ...]
     n_features: tuple[int, ...]

@@ -1,4 +1,4 @@
-"""Uncertainty by bootstrap (docs/METHOD.md section 2): every quantity derived per draw.
+"""Uncertainty by bootstrap (docs/METHOD.md §2.6): every quantity derived per draw.
 
 Each draw is a new runs table on the sweep's fixed design with new deviations
 (`fixed_design_draws`; scatter.py says why) from which every derived quantity is

@@ -1,6 +1,6 @@
 """The compute-optimal frontier: the lowest loss reachable at each compute.
 
-METHOD.md s2, stage 1: "for each compute budget take the lowest achievable loss".
+docs/METHOD.md §2.3, stage 1: at each budget the lowest loss reached is the frontier.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Which runs make one law: runs are fitted together only when their configs agree on
-everything but the axes the protocol varies (docs/METHOD.md section 2).
+everything but the axes the protocol varies (docs/METHOD.md §2.3).
 
 The axes within a law are the sizes (n_features, n_steps), the learning rate (stage 2's
 axis), the seed (replicates) and the λ warm-up a branched design sets per width. Every

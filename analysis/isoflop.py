@@ -8,11 +8,12 @@ extended on one side (as adaptive rounds extend it) pulls an all-widths vertex t
 dense side. On planted runs a grid of 64..1024 extended by 2048 and 4096 put the top
 budgets' vertices at 1116 and 1881 (true 1433, 2478; F_opt exponent 0.36, true 0.455),
 the window at 1289 and 2448 (0.436) (tests/test_adaptive.py).
-A vertex that the grid does not bracket is flagged with the axis to extend (docs/METHOD.md
-section 2: "flag minima on the grid's edge"), and such a budget never enters the power laws
-of F_opt(C) and steps_opt(C): its best sampled width is where the grid stops, not where the
-law has its optimum, so on a factorial F x steps grid the slope through edge minima is the
-slope of the grid's edge (tests/test_fit_allocation.py).
+A vertex that the grid does not bracket is flagged with the axis to extend
+(docs/METHOD.md §2.4: "flag every vertex that the sampled widths do not bracket"), and
+such a budget never enters the power laws of F_opt(C) and steps_opt(C): its best sampled
+width is where the grid stops, not where the law has its optimum, so on a factorial
+F x steps grid the slope through edge minima is the slope of the grid's edge
+(tests/test_fit_allocation.py).
 """
 
 from __future__ import annotations

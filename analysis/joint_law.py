@@ -1,5 +1,5 @@
 """Gao et al.'s joint law of width and sparsity for the TopK family (arXiv 2406.04093,
-docs/METHOD.md section 3), fitted where a sweep varies both n (= F) and k:
+docs/METHOD.md §3.5), fitted where a sweep varies both n (= F) and k:
 
     L(n, k) = exp(α + β_k log k + β_n log n + γ log k log n) + exp(ζ + η log k)
 
@@ -22,7 +22,7 @@ from sae_core.errors import UserError
 
 NAMES = ("alpha", "beta_k", "beta_n", "gamma", "zeta", "eta")
 # Starts: Gao's GPT-4 values (−0.50, 0.26, −0.017, −0.042, −1.32, −0.085; a secondary
-# transcription, docs/METHOD.md section 3) and a few spread around them.
+# transcription, docs/METHOD.md §3.5) and a few spread around them.
 STARTS = np.array([[-0.50, 0.26, -0.017, -0.042, -1.32, -0.085],
                    [0.0, 0.0, -0.2, 0.0, -3.0, 0.0],
                    [1.0, -0.3, -0.3, 0.0, -2.0, -0.2],

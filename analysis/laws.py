@@ -1,8 +1,8 @@
 """Every law of the protocol fitted from one runs table, and the numbers derived from them.
 
 One function fits them all, so that the point estimate and each bootstrap draw
-(bootstrap.py) derive exactly the same quantities (docs/METHOD.md section 2: "derive every
-quantity per bootstrap draw").
+(bootstrap.py) derive exactly the same quantities (docs/METHOD.md §2.6: "in every draw,
+derive every quantity again").
 
 Where F_opt(C), steps_opt(C) and the frontier loss L(C) come from: the IsoFLOP vertices of
 the budgets whose minimum lies inside the sampled widths, when there are at least

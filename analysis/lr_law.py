@@ -1,6 +1,6 @@
 """The learning-rate stage: LR_opt per compute budget, and its power law in compute.
 
-docs/METHOD.md section 2, stage 2: at the compute-optimal (F, steps) of several budgets
+docs/METHOD.md §2.3, stage 2: at the compute-optimal (F, steps) of several budgets
 sweep the LR; the optimal LR falls roughly as a power law in compute.
 
 Per swept point the optimum is the vertex of a parabola of log loss in log10 LR through

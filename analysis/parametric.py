@@ -6,7 +6,7 @@ B = exp(b), E = exp(e),
 
     sum_i Huber_delta( LSE(a - alpha log F_i, b - beta log S_i, e) - log L_i ),  delta = 1e-3
 
-by L-BFGS-B from the best starts of a grid (docs/METHOD.md section 2; Hoffmann et al.
+by L-BFGS-B from the best starts of a grid (docs/METHOD.md §2.5; Hoffmann et al.
 2022, App. D.2). The trap: scipy's L-BFGS-B stops after ~10 iterations when the objective
 is small, because its relative-decrease test `ftol` fires. We minimise the sum divided by
 delta^2 (values of order 1e3 rather than 1e-3), with ftol=0 and a small gtol, so it runs
@@ -109,7 +109,7 @@ class ParametricFit:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(F_opt, S_opt) minimising L at C = k F S, k = flops_per_feature_step.
 
-        k = 12 d batch_size_tokens for an SAE (METHOD.md s2); k = 6 for a language model
+        k = 12 d batch_size_tokens for an SAE (docs/METHOD.md §2.1); k = 6 for a language model
         with F = N parameters and S = D tokens.
         """
         units = np.asarray(compute_flops, dtype=float) / flops_per_feature_step

@@ -1,6 +1,6 @@
 """The large run's plan from fits.json: F, steps and LR from the laws, with predicted loss.
 
-METHOD.md s2, stage 3: extrapolate the laws to the large run's budget and train it with
+docs/METHOD.md §2.3, stage 3: extrapolate the laws to the large run's budget and train it with
 the predicted F, steps and LR. F and steps come from the parametric law's compute-optimal
 allocation (F_opt = G (C/k)^a); the predicted loss carries a 95% prediction interval
 (bootstrap draws of the law times the run-to-run scatter of a new run, scatter.py).
@@ -146,7 +146,7 @@ def is_planned_run(plan: dict[str, Any], runs: pd.DataFrame) -> pd.Series:
 
 def check_plan(plan: dict[str, Any], runs: pd.DataFrame) -> dict[str, Any] | None:
     """Predicted against achieved for the planned run, if the runs table holds it
-    (same n_features and n_steps); None otherwise. METHOD.md s2, stage 3."""
+    (same n_features and n_steps); None otherwise. docs/METHOD.md §2.3, stage 3."""
     match = runs[is_planned_run(plan, runs)]
     if match.empty:
         return None

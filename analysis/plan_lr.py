@@ -1,6 +1,6 @@
 """The stage-2 sweep spec: an LR sweep at the compute-optimal (F, steps) of K budgets.
 
-docs/METHOD.md section 2, stage 2. The spec has the shape of docs/CONTRACTS.md: explicit
+docs/METHOD.md §2.3, stage 2. The spec has the shape of docs/CONTRACTS.md: explicit
 `points` (crossed with the other axes) and `grid: {lr: [...]}`, a log grid around the
 stage-1 LR.
 

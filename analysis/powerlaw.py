@@ -1,7 +1,8 @@
 """Power laws in compute: y = k C^c, and the frontier loss L(C) = E + A C^c with E kept.
 
-METHOD.md s2: the frontier loss falls as a power law in compute, F_opt and steps_opt grow
-as power laws, LR_opt falls as one; keep the irreducible term E (Epoch AI 2024).
+docs/METHOD.md §2.3: the frontier loss falls as a power law in compute, F_opt and steps_opt
+grow as power laws, LR_opt falls as one; keep the irreducible term E (docs/METHOD.md §2.6;
+Epoch AI 2024).
 """
 
 from __future__ import annotations

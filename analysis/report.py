@@ -1,4 +1,4 @@
-"""analyze(): a runs table in, the content of fits.json out (issue 4's interface).
+"""analyze(): a runs table (docs/CONTRACTS.md) in, the content of fits.json out.
 
     parametric        E, A, B, alpha, beta, a: {value, ci95}; objective
     loss_vs_compute   frontier loss L(C) = irreducible + coefficient C^exponent
@@ -67,7 +67,7 @@ def prepare_runs(runs: pd.DataFrame, batch_size_tokens: int | None = None) -> pd
 
 
 def flops_per_feature_step(runs: pd.DataFrame, batch_size_tokens: int | None, d_in: int | None) -> float:
-    """k in C = k F S: 12 d batch for an SAE (METHOD.md s2), else inferred from the table."""
+    """k in C = k F S: 12 d batch for an SAE (docs/METHOD.md §2.1), else inferred from the table."""
     if batch_size_tokens and d_in:
         return flops_per_feature_step_of(d_in, batch_size_tokens)
     return float(np.median(runs["compute_flops"] / (runs["n_features"] * runs["n_steps"])))

@@ -21,7 +21,7 @@ ZIPF_EXPONENT = 0.5
 
 def normalised_batch(batch_size_tokens: int, d_in: int, generator: torch.Generator
                      ) -> torch.Tensor:
-    """Gaussian tokens [B, d] with E‖x‖² = d, the normalisation of docs/METHOD.md section 1."""
+    """Gaussian tokens [B, d] with E‖x‖² = d, the normalisation of docs/METHOD.md §1."""
     return torch.randn(batch_size_tokens, d_in, generator=generator)
 
 

@@ -1,4 +1,4 @@
-"""Issue 5: the demo's stage-1 grid three ways in one run, on the MiniLM cache.
+"""The demo's stage-1 grid three ways in one run, on the MiniLM cache.
 
     python bench/branching_adaptive.py              # ~20 min on 2 cores; prints ONE JSON line
     python bench/branching_adaptive.py --cache DIR  # an existing MiniLM cache (else built)
@@ -21,7 +21,7 @@ demo would make from it (F, steps and loss at 4x the top budget).
 4. seeds: the two widths nearest the top budget's optimum, independent, seeds 1 and 2,
    for the seed-to-seed spread that a branched run's loss is held against.
 
-Targets (issue 5): branched FLOPs <= 0.65 of independent with its exponents inside the
+Targets: branched FLOPs <= 0.65 of independent with its exponents inside the
 independent fit's intervals; the adaptive sweep ends with every budget's minimum inside
 its widths and its F_opt(C) exponent inside the independent fit's interval. Reported
 beside them: each branched run's final loss against its independent twin, and whether

@@ -5,7 +5,7 @@
 1. A tiny planted-dictionary cache (d=64) in a temporary directory; the step count is
    calibrated in-process (1 thread, as a 1-CPU Ray trial runs) so one training takes ~5 s.
 2. The sweep through the path users take: a spec file -> `sweeps.driver.submit`, which
-   starts a local Ray and creates a new SQLite MLflow store (the "cold" sweep, issue 3's
+   starts a local Ray and creates a new SQLite MLflow store (the "cold" sweep, the headline
    figure), then a second sweep of 16 other seeds through `--address` on a Ray cluster
    that `ray start --head` started beforehand, with the store made ("joined", as on a
    cluster: a new Ray job, whose trial workers start with it). Each trial's own time is
@@ -28,7 +28,7 @@
    in one process, 2 torch threads each, no tracking (the "SAELens for-loop"); it stops
    after LOOP_BUDGET_S and projects to 16 (`loop_trainings_run` says how many ran).
 
-The machine is shared and noisy: only ratios within one run mean anything (ECOSYSTEM.md).
+The machine is shared and noisy: only ratios within one run mean anything (docs/METHOD.md §5).
 """
 
 from __future__ import annotations
@@ -64,14 +64,15 @@ from sweeps.spec import load_spec  # noqa: E402
 N_TRIALS = 16
 CONCURRENCY = 2  # this machine's cores; each trial gets 1 CPU
 TRIAL_TARGET_S = 5.0
-TARGET_RATIO = 1.15  # issue 3: wall time / ideal
+TARGET_RATIO = 1.15  # the cold sweep's target: wall time / ideal
 # F=1024 at batch 1024 is compute-bound enough that steps, not per-step overhead, set the
-# time (F=128 was overhead-bound on this CPU, ECOSYSTEM.md); d=64 keeps the cache small.
+# time (F=128 was overhead-bound on 2 cores, docs/METHOD.md §5.4); d=64 keeps the cache small.
 D_IN, N_FEATURES, BATCH_SIZE_TOKENS, EVAL_N_TOKENS = 64, 1024, 1024, 4096
 CACHE_N_TOKENS = 300_000
 CALIBRATION_STEPS = 150
 # The loop baseline stops after this long and projects to all trials: under load, 2-thread
-# OpenMP on 2 busy cores can run 10-100x slower (sae_core/config.py, measured here).
+# OpenMP on 2 busy cores ran a 2,000-step run in 130 s, against 6.8 s with one thread
+# (docs/METHOD.md §5.4).
 LOOP_BUDGET_S = 90.0
 
 
@@ -301,7 +302,7 @@ def main() -> None:
                   "batch_size_tokens": BATCH_SIZE_TOKENS,
                   "calibrated_s_per_step_1_thread": round(per_step_s, 5),
                   "calibrated_fixed_s": round(fixed_s, 3)},
-        # issue 3's figure: `submit` starting a local Ray and a new MLflow store, / ideal
+        # the cold sweep: `submit` starting a local Ray and a new MLflow store, / ideal
         "overhead_ratio": round(cold["overhead_ratio"], 3),
         "target_ratio": TARGET_RATIO,
         "meets_target": cold["overhead_ratio"] <= TARGET_RATIO,

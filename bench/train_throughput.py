@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="interleaved timed repetitions")
     parser.add_argument("--l0", type=float, default=64.0,
                         help="target L0 of the sparse state (trained SAEs on MiniLM reached "
-                             "4-18 of 512, docs/METHOD.md section 5; the paper's bar is < 300)")
+                             "4-18 of 512, docs/METHOD.md §5.2; the paper's bar is < 300)")
     parser.add_argument("--batch-size-tokens", type=int, default=4096)
     parser.add_argument("--k", type=int, default=32, help="the TopK rows' k")
     parser.add_argument("--archs", nargs="+", default=["relu", *TOPK_ARCHS],

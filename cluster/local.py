@@ -26,15 +26,16 @@ import ray
 from sae_core.errors import UserError
 
 OBJECT_STORE_BYTES = 150 * 2**20  # Ray's minimum is 75 MB; the default takes 30% of RAM
-# What a trial process imports before its first step (3-4 s here). Ray's prestarted workers
+# What a trial process imports before its first step (3-4 s on 2 cores). Ray's prestarted workers
 # import them while the driver opens MLflow and starts Tune, and Tune's trials run in them
 # (sweeps/tune_runner.py sees to that), so a trial starts warm: an actor answered 0.3 s
-# after its creation instead of 2.9-3.6 s, measured here.
+# after its creation instead of 2.9-3.6 s (docs/METHOD.md §5.6).
 TRIAL_PRELOAD_MODULES = ("torch", "mlflow", "ray.tune")
 # Ray asks workers idle for 10 s to exit once it holds more than it needs, which it decides
 # when Tune reserves the trials' CPUs: a sweep starting 10 s after Ray did found its
-# prestarted workers exiting and waited ~3 s for new ones (2 of 4 tries here; 0 of 6
-# with this). The local Ray lives for one driver, so its workers may idle longer.
+# prestarted workers exiting and waited ~3 s for new ones (2 of 4 tries; 0 of 6 with
+# this: docs/METHOD.md §5.6). The local Ray lives for one driver, so its workers may idle
+# longer.
 IDLE_WORKER_EXIT_MS = 600_000
 PROBE_TIMEOUT_S = 3.0
 DEFAULT_GCS_PORT = 6379  # `ray start --head` default
@@ -55,7 +56,7 @@ def _stop_autoscaler_monitor() -> None:
 
     ray.shutdown stops Ray's processes one by one with SIGTERM and a 1 s grace each. The
     monitor's SIGTERM handler writes to the GCS, which Ray has already stopped by then, so
-    it always used the whole second (measured here: 1.02 s of a 1.41 s shutdown; the other
+    it always used the whole second (docs/METHOD.md §5.6: 1.02 s of a 1.41 s shutdown; the other
     four processes 0.1 s together). A local cluster's monitor has nothing to save. Ray's
     handle on its processes is private: without it, shutdown just takes the second."""
     try:
@@ -93,7 +94,7 @@ def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
 
 def _use_token_auth_if_available() -> None:
     """Ray 2.60 turns token auth on by default for clusters it starts, but a driver joining
-    one by address sends no token unless RAY_AUTH_MODE=token (measured here: "Authentication
+    one by address sends no token unless RAY_AUTH_MODE=token (docs/METHOD.md §5.6: "Authentication
     token is missing or incorrect" against `ray start --head`, with ~/.ray/auth_token
     present). Turn it on when a token is at hand and the user chose no mode."""
     token_path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
@@ -117,11 +118,12 @@ def single_node_on_loopback() -> Iterator[None]:
     binds its gRPC servers (GCS, raylet, object manager, every worker) to that address's
     family on all interfaces, so `_node_ip_address="127.0.0.1"` alone left the driver,
     gcs_server, raylet and the trial workers listening on `::` and the runtime-env agent
-    on the host's address (measured here). Ray's switch for a one-node Ray, the one it
-    sets on macOS and Windows, is RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: the node IP then
-    stays 127.0.0.1 and every server binds to loopback (measured: 7 of 7 sockets). The
-    processes Ray starts inherit the variable; it is restored afterwards, so a later
-    `ray start` or join from this process is not refused."""
+    on the host's address (docs/METHOD.md §5.6). Ray's switch for a one-node Ray, the one
+    it sets on macOS and Windows, is RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: the node IP then
+    stays 127.0.0.1 and every server binds to loopback (docs/METHOD.md §5.6;
+    tests/test_sweep_faults.py checks). The processes Ray starts inherit the variable; it
+    is restored afterwards, so a later `ray start` or join from this process is not
+    refused."""
     from ray._private import ray_constants
 
     name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR

@@ -4,7 +4,7 @@ The only sae_core module that imports transformers. The residual stream at `laye
 `hidden_states[layer]` of `output_hidden_states=True` (the output of block layer-1; the
 default is the middle layer, n_layers // 2, as in "Scaling Monosemanticity"). The model is
 cut after that block, since later blocks cannot change it: for MiniLM's middle layer that
-runs 3 of 6 layers, twice as fast (ECOSYSTEM.md; tests/test_activations.py checks that the
+runs 3 of 6 layers, twice as fast (docs/METHOD.md §5.1; tests/test_activations.py checks that the
 values are equal).
 
 Text is tokenized into fixed-length contexts (a long document gives several); padding,
@@ -176,7 +176,7 @@ def _contexts(texts: Iterable[tuple[str, str]], tokenizer: Any, context_tokens: 
         keep = enc["attention_mask"].bool() & ~enc["special_tokens_mask"].bool()
         # The first position of a context is [CLS]/BOS, or in decoders without one an
         # attention sink: SmolLM2 layer 15 gave it |x|_max = 24759 against <= 132 at the
-        # other positions (measured here), enough to dominate the normalisation.
+        # other positions (docs/METHOD.md §5.1), enough to dominate the normalisation.
         keep[:, 0] = False
         buffer.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                        "keep": keep})

@@ -1,7 +1,7 @@
-"""Branched step schedules (issue 5): runs that differ only in n_steps share their trunk.
+"""Branched step schedules: runs that differ only in n_steps share their trunk.
 
 The recipe's LR is constant until `decay_start_step`, then decays linearly to 0 over
-the last 20% (METHOD.md section 1). Runs of one family (the same config but n_steps)
+the last 20% (docs/METHOD.md §1). Runs of one family (the same config but n_steps)
 are therefore identical up to the decay start of the shorter one, provided they share
 the λ warm-up and the data order (a function of seed and step only). So the longest
 member (the trunk) is trained once, and at each shorter member's `decay_start_step` a

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 # 256 rows (192 KiB at d=384 fp16) per contiguous read: a 4096-token batch mixes 16 blocks,
-# so batches are recombined every epoch, and reads stay sequential (ECOSYSTEM.md: random
+# so batches are recombined every epoch, and reads stay sequential (docs/METHOD.md §5.1: random
 # contiguous blocks read at ~0.9 GB/s from a cold file, far above what training needs).
 BLOCK_ROWS = 256
 
@@ -75,7 +75,7 @@ def prefetched(make: Callable[[int], T], start: int) -> Iterator[T]:
     def work() -> None:
         # One intra-op thread for this thread only (the setting is per thread): on a busy
         # 2-core machine, converting a 4096x384 fp16 batch took ~2 ms this way against
-        # ~20 ms waiting for a second pool thread (measured here), and it leaves the
+        # ~20 ms waiting for a second pool thread (docs/METHOD.md §5.4), and it leaves the
         # trainer's threads alone.
         torch.set_num_threads(1)
         step = start

@@ -104,7 +104,7 @@ class CacheWriter:
             "format": FORMAT,
             "d_in": int(d_in),
             "dtype": self.dtype,
-            # E||x * norm_scale||^2 = d over the train split (METHOD.md section 1).
+            # E||x * norm_scale||^2 = d over the train split (docs/METHOD.md §1).
             "norm_scale": math.sqrt(d_in / mean_sq_norm),
             "n_train_tokens": n_rows - n_eval,
             "n_eval_tokens": n_eval,

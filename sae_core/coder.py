@@ -4,7 +4,7 @@ Any architecture (ReLU, TopK, BatchTopK at its inference threshold, JumpReLU) is
 `SparseCoder`. Shapes: x [B, d] raw residual-stream activations; f [B, F].
 
 The weights of a monoscale SAE live in the normalised space (x · norm_scale, with
-E‖x · norm_scale‖² = d, docs/METHOD.md section 1); `RawUnits` folds the scale in, so that
+E‖x · norm_scale‖² = d, docs/METHOD.md §1); `RawUnits` folds the scale in, so that
 reconstructions are spliced back in model units, as SAELens's `fold_activation_norm_
 scaling_factor` does for a saved SAE.
 """

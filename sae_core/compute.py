@@ -1,4 +1,4 @@
-"""A run's training compute and the steps a budget buys (docs/METHOD.md section 2).
+"""A run's training compute and the steps a budget buys (docs/METHOD.md §2.1).
 
     C = 6 · (2 d F) · T,   T = steps × batch tokens
 

@@ -3,7 +3,7 @@
 The architecture (`arch`) picks a recipe; a field left at None takes that recipe's
 default (sae_core/recipes.py, with sources), filled in at construction so that a config
 always says what it trains. The default arch is the April-2024 ReLU recipe that
-"Scaling Monosemanticity" trains with (docs/METHOD.md section 1). Derived values are
+"Scaling Monosemanticity" trains with (docs/METHOD.md §1). Derived values are
 properties, never stored.
 """
 
@@ -81,7 +81,7 @@ class RunConfig:
     # CPU threads for torch; 0 leaves torch's default. A Ray trial sets it to its CPU
     # share: on 2 busy cores (load ~7) a d=32, F=128 gradient took 6-12 ms with 2 threads
     # against 1.2-1.4 ms with one, and a 2,000-step run 130 s against 6.8 s (OpenMP
-    # spin-waits; docs/METHOD.md section 5).
+    # spin-waits; docs/METHOD.md §5.4).
     num_threads: int = 0
 
     def __post_init__(self) -> None:

@@ -2,7 +2,7 @@
 
 `stdlib` is always present offline: the running interpreter's standard library sources
 (code with English docstrings and comments, ~3.3M MiniLM tokens) plus `pydoc_data.topics`
-(~0.12M tokens of English prose, ECOSYSTEM.md). Its documents are listed in sorted order
+(~0.12M tokens of English prose, docs/METHOD.md §5.1). Its documents are listed in sorted order
 and then permuted with a fixed seed, so that any prefix of the corpus samples the whole
 library (prose and code alike) rather than the modules whose names start with "a".
 """

@@ -1,4 +1,4 @@
-"""Held-out metrics of a trained SAE, for any architecture (docs/METHOD.md section 1), and
+"""Held-out metrics of a trained SAE, for any architecture (docs/METHOD.md §1), and
 the run's final evaluation: the same pass, with the field's standard reconstruction set
 (sae_core/metrics.py, SAEBench's names) in model units beside them."""
 
@@ -15,7 +15,7 @@ from sae_core.model import SAE
 
 # f is decoded through its active entries when it is sparse (kernels.SPARSE_MAX_DENSITY):
 # on one thread, d=384, F=8192, 65,536 tokens at L0 43, the final evaluation took 14.5 s
-# dense and 10.2 s so (docs/METHOD.md section 5).
+# dense and 10.2 s so (docs/METHOD.md §5.4).
 
 # The reconstruction set's names that the trainer's own metrics already have. Three mean
 # the same (explained_variance, normalized_mse, l0: the trainer's are kept, so runs from

@@ -1,6 +1,6 @@
 """The sparse products of an SAE step, as autograd Functions.
 
-Once an SAE is sparse (L0 of tens out of thousands of features; docs/METHOD.md section 1
+Once an SAE is sparse (L0 of tens out of thousands of features; docs/METHOD.md §1
 gives the paper's bar, L0 < 300 of millions), only the encoder product x W_enc has to be
 dense. With the active set (b, i) of nnz = B·L0 entries, the rest of a step is
 
@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as functional
 
 # Above this fraction of active (token, feature) entries the dense products are faster.
-# bench/step_crossover.py on a 2-core CPU (2 threads, batch 4096; bench/README.md has the
-# table): the sparse path won up to ~12% density at d=384, F=4096 but only to ~6% at
-# d=768, F=16384, where W_dec (50 MB) no longer fits in cache for the row gathers, so the
-# switch sits below both. Trained SAEs are far sparser (L0 4-18 of 512 on MiniLM,
-# docs/METHOD.md section 5).
+# bench/step_crossover.py on a 2-core CPU (2 threads, batch 4096; docs/METHOD.md §5.4, the
+# table in bench/README.md): the sparse path won up to ~12% density at d=384, F=4096 but
+# only to ~6% at d=768, F=16384, where W_dec (50 MB) no longer fits in cache for the row
+# gathers, so the switch sits below both. Trained SAEs are far sparser (L0 4-18 of 512 on MiniLM,
+# docs/METHOD.md §5.2).
 SPARSE_MAX_DENSITY = 0.05
 # The density is estimated on the first rows of a batch only: rows of a cache batch are
 # shuffled tokens (sae_core/cache_reader.py), and a 512-row count costs ~1/8 of a full one.
@@ -86,7 +86,7 @@ class ActiveSet:
     def by_feature(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(order [nnz], tokens_by_feature [nnz], feature_ptr [F + 1]): entries sorted by
         feature, stably. int32 keys: torch's stable CPU sort of 262k int32 took 3 ms, of
-        int64 29 ms (bench/README.md)."""
+        int64 29 ms (docs/METHOD.md §5.4)."""
         if self._by_feature is None:
             cols_sorted, order = torch.sort(self.cols.int(), stable=True)
             self._by_feature = (order, self.rows[order], _pointers(cols_sorted, self.n_features))

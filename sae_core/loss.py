@@ -1,7 +1,7 @@
 """Loss terms as pure functions, shared by the architectures' steps and their tests.
 
 Shapes: x, x_hat [B, d]; f (feature activations) [B, F]; f_sum = Σ_b f_b [F]; W_dec [F, d].
-All inputs are in the normalised space (E‖x‖² = d, docs/METHOD.md section 1).
+All inputs are in the normalised space (E‖x‖² = d, docs/METHOD.md §1).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Names are SAEBench's (`sae_bench/evals/core/main.py`), so that results sit besid
 published ones; every formula below says which convention it follows. Shapes: x, x_hat
 [N, d] in the units the caller chooses (SAEBench reports model units, mse and the L2 norms
 depend on it); f [N, F]. Explained variance has three definitions in circulation
-(docs/METHOD.md section 4); two are here, each named:
+(docs/METHOD.md §4.3); two are here, each named:
 
 - `explained_variance` (pooled): 1 − Σ_i ‖x_i − x̂_i‖² / Σ_i ‖x_i − x̄‖², x̄ the per-
   dimension mean over the eval set; SAELens >= 6.45.1 (`ExplainedVarianceCalculator`).

@@ -1,5 +1,5 @@
 """Each architecture's published recipe: its default numbers with their sources, and the
-RunConfig fields only it reads (docs/METHOD.md sections 1 and 3).
+RunConfig fields only it reads (docs/METHOD.md §1 and §3).
 
 A RunConfig field left at None takes its architecture's default here; a field that
 another architecture owns (`k` for relu, `l1_coefficient` for topk) is refused by name.

@@ -1,5 +1,5 @@
 """The finished SAE on disk, in the layout SAELens reads (`sae_lens.SAE.load_from_disk`;
-docs/METHOD.md section 5; checked by bench/saelens_layout.py):
+docs/METHOD.md §5.8; checked by bench/saelens_layout.py):
 
     RUN_DIR/sae_weights.safetensors  W_enc [d, F], b_enc [F], W_dec [F, d], b_dec [d], and
                                      threshold [F] for jumprelu and the batch TopK ones
@@ -34,7 +34,7 @@ from sae_core.model import SAE
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
 # The cfg.json format: SAELens treats a cfg.json without this version as pre-6.0 and
-# converts it (where a null hook_name raised TypeError, docs/METHOD.md section 5).
+# converts it (where a null hook_name raised TypeError, docs/METHOD.md §5.8).
 SAELENS_FORMAT = "6.0.0"
 
 

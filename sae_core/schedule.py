@@ -1,5 +1,5 @@
 """The schedules of a run, as pure functions of the 0-based step about to be taken;
-each returns a multiplier in [0, 1] (docs/METHOD.md section 1)."""
+each returns a multiplier in [0, 1] (docs/METHOD.md §1)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Splice evaluation: how much of a model's behaviour survives when an SAE's reconstruction
-replaces its residual stream at one layer (docs/METHOD.md section 4).
+replaces its residual stream at one layer (docs/METHOD.md §4.1, §4.2).
 
 The residual stream at `layer` is hidden_states[layer] (sae_core/block_splice.py).
 Text is cut into contexts exactly as the cache cuts it

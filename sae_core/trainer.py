@@ -69,8 +69,8 @@ def train(
     arch = archs.build(cfg)
     assert cfg.lr is not None and cfg.adam_beta1 is not None  # RunConfig fills them in
     sae = arch.init(cfg.d_in, cfg.n_features, torch.Generator().manual_seed(cfg.seed)).to(device)
-    # fused: one kernel for all of Adam's updates; at d=768, F=16384 on this CPU 81 ms a
-    # step against 555 ms for the default (bench/README.md).
+    # fused: one kernel for all of Adam's updates; at d=768, F=16384 on a 2-core CPU 81 ms
+    # a step against 555 ms for the default (docs/METHOD.md §5.4).
     optimizer = torch.optim.Adam(
         sae.parameters(),
         lr=cfg.lr,

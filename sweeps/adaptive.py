@@ -1,4 +1,4 @@
-"""The adaptive sweep loop (issue 5): first pass, then rounds of analyze -> additions -> submit.
+"""The adaptive sweep loop: first pass, then rounds of analyze -> additions -> submit.
 
 Each round reads the sweep's finished runs from MLflow, fits them (analysis/report.py),
 asks analysis/adaptive.py what to add, and submits the spec again with the additions as

@@ -1,4 +1,4 @@
-"""The `adaptive:` key of a sweep spec (issue 5): off by default.
+"""The `adaptive:` key of a sweep spec: off by default.
 
     adaptive: true                     # the defaults of analysis/adaptive.py
     adaptive:

@@ -19,7 +19,7 @@ from sae_core.errors import UserError
 
 # How far past the largest budget swept a prediction is trusted without a warning. The
 # plans checked against their achieved loss here were at 4x (README, Measured: +1.8%,
-# inside the interval, with an IsoFLOP design; docs/METHOD.md 5.3: -16%, outside it,
+# inside the interval, with an IsoFLOP design; docs/METHOD.md §5.3: -16%, outside it,
 # with a factorial one). Past a decade beyond the data nothing here backs the law.
 EXTRAPOLATION_WARN = 10.0
 _INT64_MAX = 2**63 - 1  # the trainer counts tokens in int64 tensors

@@ -29,7 +29,7 @@ from sweeps.spec_values import SpecError, check_keys, check_mapping, positive_in
 
 # Caches this process has checksummed whole: (path, meta.json's mtime). A driver that
 # submits several sweeps on one cache (adaptive rounds, the demo's stages) checks it once:
-# 4.6 s for the demo's 1.8 GB MiniLM cache, measured here.
+# 4.6 s for the demo's 1.8 GB MiniLM cache (docs/METHOD.md §5.1).
 _CHECKSUMMED: set[tuple[str, int]] = set()
 
 

@@ -120,8 +120,8 @@ def _ui(args: argparse.Namespace) -> int:
     # MLflow 3's UI opens a new browser on its GenAI pages (traces); the runs table is
     # its "machine_learning" workflow, chosen by this query parameter.
     address += "?workflowType=machine_learning"
-    # One worker and no job runner: 2 processes and 0.5 GB instead of 15 and 2.5 GB
-    # (ECOSYSTEM.md).
+    # One worker and no job runner: 2 processes and 0.5 GB instead of 15 and 2.2-2.8 GB
+    # (docs/METHOD.md §5.7).
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                where.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port),

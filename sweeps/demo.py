@@ -25,7 +25,7 @@ from pathlib import Path
 from sae_core.errors import UserError
 
 DEMO_SPEC = Path(__file__).with_name("demo.yaml")
-# ECOSYSTEM.md measured the plan at 4x the top stage-1 budget landing within its interval.
+# docs/METHOD.md §5.3: the plan at 4x the top stage-1 budget landed within its interval.
 EXTRAPOLATION = 4.0
 
 

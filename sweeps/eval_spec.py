@@ -14,7 +14,7 @@ from typing import Any
 
 from sweeps.spec_values import check_keys, check_mapping, parse_bool, positive_int
 
-DEFAULT_SPLICE_TOKENS = 4096  # SAEBench core uses ~20k (docs/METHOD.md section 4.6)
+DEFAULT_SPLICE_TOKENS = 4096  # SAEBench core uses ~20k (docs/METHOD.md §4.6)
 
 
 @dataclass(frozen=True)

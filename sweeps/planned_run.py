@@ -1,4 +1,4 @@
-"""Stage 3 (docs/METHOD.md section 2): the sweep that trains the run `monoscale plan`
+"""Stage 3 (docs/METHOD.md §2.3): the sweep that trains the run `monoscale plan`
 planned.
 
 `monoscale submit SPEC --plan PLAN.json` keeps SPEC's cache, base and resources and

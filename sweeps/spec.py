@@ -1,7 +1,7 @@
 """Sweep specs: a YAML file -> a frozen `SweepSpec` -> a list of `RunConfig`s.
 
     name: demo                                  # names the MLflow experiment and Tune dir
-    stage: 1                                    # METHOD.md section 2 (tag only)
+    stage: 1                                    # docs/METHOD.md §2.3 (tag only)
     cache: {path: caches/minilm, build: {...}}  # path relative to this file; build optional
     base: {lr: 1e-3, batch_size_tokens: 512}    # RunConfig fields common to every point
     grid: {n_features: [256, 512], n_steps: {logspace: [250, 2000], num: 4}, seed: [0]}
@@ -71,7 +71,7 @@ class CacheSpec:
 @dataclass(frozen=True)
 class Resources:
     cpu: float = 1.0
-    gpu: float = 0.0  # fractional: 0.25 packs four trials on one GPU (ECOSYSTEM.md)
+    gpu: float = 0.0  # fractional: 0.25 packs four trials on one GPU (docs/METHOD.md §5.6)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class SweepSpec:
     search: SearchSpec | None
     resources: Resources
     stage: int = 1
-    adaptive: AdaptiveSettings | None = None  # issue 5: rounds of added points
+    adaptive: AdaptiveSettings | None = None  # rounds of added points (sweeps/adaptive.py)
     max_concurrent_trials: int = 2
     max_failures: int = 2
     log_weights: bool = False
@@ -249,7 +249,7 @@ def _parse_search(search: Any, axes: dict[str, tuple[Any, ...]]) -> SearchSpec |
     check_mapping(search, "search")
     check_keys(search, "search.", ("axis", "range", "n_trials"), required=("range", "n_trials"))
     axis = search.get("axis", "lr")
-    if axis != "lr":  # TPE over log LR is the one search METHOD.md's stage 2 needs
+    if axis != "lr":  # TPE over log LR: the one search stage 2 needs (docs/METHOD.md §2.3)
         raise SpecError(f"search.axis: only 'lr' can be searched, got {axis!r}")
     if axis in axes:
         raise SpecError(f"search.axis: {axis} is also a grid axis; remove grid.{axis}")

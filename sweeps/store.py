@@ -4,7 +4,7 @@ whole), and a new local store made ready on the driver. Runs in it: sweeps/track
 
 MLflow meets these faults late and loudly: a damaged or truncated mlflow.db gave an
 SQLAlchemy traceback in `submit` and `status`; a read-only store folder made MLflow retry
-"unable to open database file" for 114 s (measured here) before a traceback; a relative
+"unable to open database file" for 114 s (measured once, MLflow 3.17) before a traceback; a relative
 `sqlite:///mlflow.db` named a different file in every Ray worker (their working folders
 differ), so each trial logged to a new empty store and failed. Each is one line here,
 naming the file, before anything is written.
@@ -141,7 +141,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
 
 def prepare_store(uri: str) -> None:
     """Create a new local store's schema on the driver before any trial: two trials
-    migrating a fresh SQLite schema at once raced (docs/METHOD.md section 5). A new SQLite
+    migrating a fresh SQLite schema at once raced (docs/METHOD.md §5.7). A new SQLite
     store is a copy of an empty, migrated one kept per MLflow version in the user's cache
     (MLflow's migrations took 2.4 s of CPU while Ray starts on the same cores); its Default
     experiment, which monoscale never uses, points where the template was made. Creates

@@ -39,7 +39,7 @@ from sae_core.errors import UserError
 from sweeps import tracking
 
 # An MLflow write takes milliseconds here (log_batch of 1,000 points 56-85 ms, SQLite and
-# HTTP alike: docs/METHOD.md 5.7), so a driver silent for six heartbeats is gone or cut off.
+# HTTP alike: docs/METHOD.md §5.7), so a driver silent for six heartbeats is gone or cut off.
 HEARTBEAT_S = 20.0
 STALE_S = 120.0
 

@@ -9,7 +9,7 @@ as history. Runs are read back as `RunRecord`s carrying every param (typed again
 and tag, so nothing a run records is dropped on the way to the analysis.
 
 Logging is batched (log_batch): single log_metric calls cost ~4 ms each on SQLite, and
-trials log from inside themselves, never through the driver (docs/METHOD.md section 5).
+trials log from inside themselves, never through the driver (docs/METHOD.md §5.7).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def open_sweep(uri: str, sweep: str, stage: int, artifact_root: Path | None,
 def start_sweep(target: TrackingTarget, extra_tags: dict[str, str] | None = None) -> None:
     """Reopen the parent run (a re-submit) and tag it, once this driver holds the sweep.
     The experiment is marked as model development: MLflow 3.17's UI otherwise opens it in
-    its GenAI layout (traces, judges, prompts; docs/METHOD.md section 5)."""
+    its GenAI layout (traces, judges, prompts; docs/METHOD.md §5.7)."""
     client = MlflowClient(target.uri)
     client.update_run(target.parent_run_id, status="RUNNING")
     client.set_experiment_tag(target.experiment_id, TAG_EXPERIMENT_KIND, "custom_model_development")

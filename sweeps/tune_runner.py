@@ -49,7 +49,7 @@ def _let_trials_use_prestarted_workers() -> None:
     """Tune gives its trial actors runtime_env {"env_vars": {"PL_DISABLE_FORK": "1"}}, for
     PyTorch Lightning, which monoscale does not use. Any runtime env unlike the job's makes
     Ray kill the workers it prestarted (which have already imported torch and mlflow,
-    cluster/local.py) and start cold ones for the first trials: measured here, a trivial
+    cluster/local.py) and start cold ones for the first trials (docs/METHOD.md §5.6): a trivial
     trial started 5.6-5.9 s after fit() with it and 2.3 s after without."""
     try:
         from ray.tune.execution import class_cache
@@ -172,12 +172,13 @@ def run_grid(spec: SweepSpec, todo: list[RunConfig], ctx: TrialContext,
             param_space={"run_key": tune.grid_search(keys)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=spec.max_concurrent_trials,
-                reuse_actors=True,  # 20 short trials: 21-32 s without, 8 s with (ECOSYSTEM)
+                # 20 short trials: 21-32 s without, 8 s with (docs/METHOD.md §5.6)
+                reuse_actors=True,
             ),
             run_config=_run_config(spec, root),
         )
     results = tuner.fit()
-    # After Ctrl-C, fit() returns early with some trials never ended (ECOSYSTEM.md): keep
+    # After Ctrl-C, fit() returns early with some trials never ended (docs/METHOD.md §5.6): keep
     # the experiment restorable then.
     ended = all(results[i].error is not None
                 or {"loss", "diverged"} & set(results[i].metrics or {})

@@ -1,4 +1,4 @@
-"""Adaptive IsoFLOP grid (issue 5): on runs drawn from a known law, the additions extend a
+"""Adaptive IsoFLOP grid: on runs drawn from a known law, the additions extend a
 grid cut short on one side until the minima are inside it and the fitted F_opt exponent
 covers the truth; a good grid gets nothing; the compute cap is never exceeded."""
 
@@ -15,7 +15,7 @@ from analysis.report import analyze
 
 # The truth of tests/test_fit_synthetic.py: F_opt ~500, 870, 1430, 2480 at these budgets.
 D_IN, BATCH = 64, 256
-K = 12 * D_IN * BATCH  # C = 12 d F T (METHOD.md s2)
+K = 12 * D_IN * BATCH  # C = 12 d F T (docs/METHOD.md §2.1)
 TRUTH = ParametricFit(E=0.2, A=40.0, B=20.0, alpha=0.6, beta=0.5, objective=0.0, n_runs=0)
 BUDGETS = (3e10, 1e11, 3e11, 1e12)
 SHORT_WIDTHS = (64, 128, 256, 512, 1024)  # every width below F_opt at the top budgets

@@ -55,7 +55,7 @@ def test_needs_an_isoflop_design(tmp_path: Path) -> None:
 def test_round_spec_keeps_the_design_and_adds_the_points(tmp_path: Path) -> None:
     spec = load_spec(spec_with(tmp_path, ISO + "adaptive: true\n"))
     design = design_of(spec, D_IN)
-    assert design.flops_per_feature_step == 12 * D_IN * 256  # METHOD.md s2: C = 12 d F T
+    assert design.flops_per_feature_step == 12 * D_IN * 256  # docs/METHOD.md §2.1: C = 12 d F T
     assert design.spacing_dex == pytest.approx(0.30103)
     first = expand(spec, D_IN)
     derived = with_points(spec, D_IN, [(2048, 124), (2048, 124)])

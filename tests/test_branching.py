@@ -1,4 +1,4 @@
-"""Branched step schedules (issue 5): grouping, compute, and a fork that reproduces an
+"""Branched step schedules: grouping, compute, and a fork that reproduces an
 independent run, on the small synthetic cache."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Mistakes and faults a user meets (issue 15), each met with exit code 2, one line
+"""Mistakes and faults a user meets, each met with exit code 2, one line
 `monoscale CMD: error: ...` naming the file or field, no traceback, and nothing created,
 written or lost. These run without Ray: every check here happens before Ray starts.
 The faults that need a real sweep (two concurrent submits, a killed driver, the sockets

@@ -42,7 +42,7 @@ def test_final_metrics_are_the_library_reconstruction_set_in_model_units(trained
                                            rel=1e-4)
     assert SHARED_NAMES <= set(metrics) and {"loss", "dead_fraction"} <= set(metrics)
     assert 0 < metrics["explained_variance_legacy"] < 1 and 0 < metrics["cossim"] <= 1
-    assert metrics["relative_reconstruction_bias"] < 1  # an L1 SAE shrinks (section 4.4)
+    assert metrics["relative_reconstruction_bias"] < 1  # an L1 SAE shrinks (docs/METHOD.md §4.4)
 
 
 def test_feature_density_file_counts_every_feature(trained) -> None:

@@ -1,8 +1,8 @@
 """The parametric and IsoFLOP fits reproduce Epoch AI's Chinchilla replication.
 
 Data, targets and tolerances: tests/fixtures/chinchilla/ (its README gives the provenance;
-240 rows after dropping the 5 highest losses; D = C / (6 N)). The method: docs/METHOD.md
-section 2.
+240 rows after dropping the 5 highest losses; D = C / (6 N)). The method:
+docs/METHOD.md §2.4 and §2.5.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from analysis.report import analyze
 
 # An SAE-sized truth: d=64, batch 256 tokens, F_opt from ~500 to ~2500 over the budgets.
 D_IN, BATCH = 64, 256
-K = 12 * D_IN * BATCH  # C = 12 d F T (METHOD.md s2), T = steps x batch
+K = 12 * D_IN * BATCH  # C = 12 d F T (docs/METHOD.md §2.1), T = steps x batch
 TRUTH = ParametricFit(E=0.2, A=40.0, B=20.0, alpha=0.6, beta=0.5, objective=0.0, n_runs=0)
 BUDGETS = [3e10, 1e11, 3e11, 1e12]
 

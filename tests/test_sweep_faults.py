@@ -1,4 +1,4 @@
-"""Faults that need a real sweep (issue 15): two submits of one sweep at once, the
+"""Faults that need a real sweep: two submits of one sweep at once, the
 kill -9 / resume / fresh-store sequence, and the sockets a local sweep listens on.
 Real Ray and MLflow, on the small synthetic cache; the checks that run before Ray are in
 tests/test_faults.py."""

@@ -61,7 +61,7 @@ def test_sweep_logs_every_point_and_resubmit_runs_nothing(tmp_path: Path, synthe
         assert len(run.tags["monoscale.run_key"]) == 16
         metrics = run.metrics
         assert {"loss", "mse", "l0", "explained_variance", "dead_fraction"} <= set(metrics)
-        # the held-out loss is MSE + 5 x the L1 penalty (METHOD.md), as the trainer logged it
+        # the held-out loss is MSE + 5 x the L1 penalty (docs/METHOD.md §1), as logged
         assert metrics["loss"] == pytest.approx(metrics["mse"] + 5 * metrics["l1_penalty"],
                                                 rel=1e-4)
         assert 0 < metrics["explained_variance"] < 1

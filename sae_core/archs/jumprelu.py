@@ -1,5 +1,5 @@
 """The JumpReLU SAE (Rajamanoharan et al. 2024, arXiv 2407.14435; Gemma Scope, arXiv
-2408.05147). docs/METHOD.md section 3.
+2408.05147). docs/METHOD.md §3.3.
 
     pre = x W_enc + b_enc
     f   = pre · H(pre − θ)                   θ [F]: a learned threshold per latent

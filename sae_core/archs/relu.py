@@ -1,4 +1,4 @@
-"""The April-2024 ReLU SAE of "Scaling Monosemanticity" (docs/METHOD.md section 1).
+"""The April-2024 ReLU SAE of "Scaling Monosemanticity" (docs/METHOD.md §1).
 
     f = ReLU(x W_enc + b_enc)          no decoder-bias subtraction before the encoder
     L = ‖x − x̂‖² + λ Σ_i f_i ‖W_dec,i‖   averaged over the batch; no unit-norm W_dec

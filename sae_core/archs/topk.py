@@ -1,5 +1,5 @@
 """The TopK family: TopK (Gao et al. 2024), BatchTopK (Bussmann et al. 2024) and
-Matryoshka BatchTopK (Bussmann et al. 2025; Nabeshima 2024). docs/METHOD.md section 3.
+Matryoshka BatchTopK (Bussmann et al. 2025; Nabeshima 2024). docs/METHOD.md §3.1-3.4.
 
     pre = (x - b_dec) W_enc + b_enc
     f   = the k largest of ReLU(pre) per token (TopK), or the k·B largest over the batch of
@@ -31,7 +31,7 @@ from sae_core.model import SAE, StepContext, StepStats
 # Per-token candidates for the batch top-k: the k·B largest entries of the batch are
 # found among each token's top CANDIDATES_PER_K · k (exact unless a token needs more,
 # when the whole batch is searched). The flat search over 67M entries took ~6x as long as
-# the per-token one at B=4096, F=16384 (measured on this CPU).
+# the per-token one at B=4096, F=16384 (measured once on a 2-core CPU machine).
 CANDIDATES_PER_K = 4
 
 
