@@ -1,4 +1,4 @@
-"""The scaling plots: each function returns a matplotlib Figure; cli.py saves them.
+"""The scaling plots, each a matplotlib Figure (sweeps/analysis_commands.py saves them).
 
 Figures arrange the panels of panels.py; their legends sit outside the data (beside or
 below the axes) and their tick labels are plain numbers.

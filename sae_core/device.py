@@ -1,4 +1,4 @@
-"""The one device and dtype policy (STYLE.md rule 7; README's table).
+"""The one device and dtype policy (the README's table: Device and dtype).
 
 fp32 master weights and optimizer state everywhere. Matrix products in bf16 autocast on
 CUDA GPUs that support bf16; fp32 on CPU (bf16 matmuls are not faster than fp32 on this

@@ -1,4 +1,4 @@
-"""The training loop: a plain function, linear top to bottom (STYLE.md rule 2).
+"""The training loop: a plain function, linear top to bottom.
 
 It takes a RunConfig, a factory of batch iterators and a logger, and does not know where
 batches come from. A run killed at any point resumes from its checkpoint to the same
