@@ -113,21 +113,25 @@ def _joint_laws(summaries: list[dict[str, Any]], runs_by_group: dict[str, pd.Dat
     return out
 
 
-def choose(comparison: dict[str, Any], compute_flops: float, max_l0: float | None
-           ) -> tuple[dict[str, Any], str]:
-    """The group whose frontier law predicts the lowest metric at compute_flops among those
-    whose frontier runs' L0 is at most max_l0, and why."""
+def choose(comparison: dict[str, Any], predictions: dict[str, tuple[float, list[float] | None]],
+           max_l0: float | None) -> tuple[dict[str, Any], str]:
+    """Among the groups whose frontier runs' L0 is at most max_l0, the one with the lowest
+    prediction, and why. predictions: group name -> (the metric its plan predicts, from its
+    parametric law at the planned F and steps, and that prediction's 95% PI)."""
+    metric = comparison["metric"]
     eligible = [s for s in comparison["groups"]
                 if max_l0 is None or (s["l0"] is not None and s["l0"] <= max_l0)]
-    scored = [(p, s) for s in eligible
-              if (p := predicted(s["loss_vs_compute"], compute_flops)) is not None
-              and math.isfinite(p)]
+    scored = [(p[0], p[1], s) for s in eligible
+              if (p := predictions.get(s["group"])) is not None and math.isfinite(p[0])]
     if not scored:
-        raise UserError(f"no group has L0 <= {max_l0} and a fitted loss law: "
+        raise UserError(f"no group has L0 <= {max_l0} and a fitted law: "
                         + ", ".join(f"{s['group']} (L0 {s['l0']})" for s in comparison["groups"]))
-    best_p, best = min(scored, key=lambda ps: ps[0])
-    others = "; ".join(f"{s['group']} {p:.4g}" for p, s in scored if s is not best)
-    return best, (f"{best['group']} predicts {comparison['metric']} {best_p:.4g} at "
-                  f"C={compute_flops:.3g} with L0 {best['l0']:.3g}"
-                  + (f" (the others: {others})" if others else "")
-                  + (f"; L0 <= {max_l0:g}" if max_l0 is not None else ""))
+    best_p, best_pi, best = min(scored, key=lambda scored_group: scored_group[0])
+    others = [(p, s) for p, _, s in scored if s is not best]
+    why = (f"{best['group']}: its plan predicts {metric} {best_p:.4g} with L0 {best['l0']:.3g}"
+           + (" (the others' plans: " + "; ".join(f"{s['group']} {p:.4g}" for p, s in others)
+              + ")" if others else ""))
+    close = [s["group"] for p, s in others if best_pi and best_pi[0] <= p <= best_pi[1]]
+    if close:
+        why += f"; {', '.join(close)} inside its 95% PI: the sweep does not separate them"
+    return best, why + (f"; L0 <= {max_l0:g}" if max_l0 is not None else "")

@@ -328,7 +328,17 @@ def _plan(args: argparse.Namespace) -> int:
 
         if args.compute is None:
             raise UserError("choosing among the groups of an analysis needs --compute C")
-        group, choice = choose(_read_json(comparison, "comparison"), args.compute, args.max_l0)
+        summary = _read_json(comparison, "comparison")
+        predictions = {}
+        for g in summary["groups"]:
+            try:
+                group_fits = _read_json(comparison.parent / g["group"] / "fits.json", "fits")
+                group_plan = plan_run(group_fits, args.compute, args.features, args.power_of_two)
+                predictions[g["group"]] = (group_plan["predicted_loss"],
+                                           group_plan["predicted_loss_pi95"])
+            except UserError as why:  # a group whose law cannot plan is not a choice
+                print(f"{g['group']}: no plan ({why})")
+        group, choice = choose(summary, predictions, args.max_l0)
         args.fits = str(comparison.parent / group["group"] / "fits.json")
         print(f"chose {choice}")
     elif args.max_l0 is not None:

@@ -65,6 +65,13 @@ def test_each_architecture_is_its_own_law_and_the_comparison_names_the_cheaper(
     assert main(["plan", "--fits", str(out), "--compute", "3e12", "--out", str(plan)]) == 0
     chosen = json.loads(plan.read_text())
     assert chosen["run_config"]["arch"] == "topk" and chosen["metric"] == "normalized_mse"
+    # chosen on the number the plan reports: each group's own plan predicts no less
+    for g in comparison["groups"]:
+        alone = tmp_path / f"plan-{g['arch']}.json"
+        assert main(["plan", "--fits", str(out / g["group"] / "fits.json"), "--compute", "3e12",
+                     "--out", str(alone)]) == 0
+        assert json.loads(alone.read_text())["predicted_loss"] >= chosen["predicted_loss"]
+    assert f"its plan predicts normalized_mse {chosen['predicted_loss']:.4g}" in chosen["choice"]
     assert main(["plan", "--fits", str(out), "--compute", "3e12", "--max-l0", "16",
                  "--out", str(plan)]) == 0
     assert json.loads(plan.read_text())["run_config"]["arch"] == "relu"  # topk's L0 is 32
