@@ -73,7 +73,7 @@ class ReLU:
             x_hat = sparse_decode(values, sae.W_dec, active) + sae.b_dec
             f_sum = torch.zeros_like(sae.b_enc).index_add(0, active.cols, values)  # [F]
         else:
-            f = pre.relu().to(sae.W_dec.dtype)
+            f = pre.relu_().to(sae.W_dec.dtype)  # in place: addmm saves its inputs, not pre
             with matmul_autocast(x.device, ctx.mm_dtype):
                 x_hat = torch.addmm(sae.b_dec, f, sae.W_dec)
             x_hat, f_sum = x_hat.to(x.dtype), f.sum(0)
