@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from sae_core.activations import _blocks, _contexts, check_layer
 from sae_core.coder import SparseCoder
+from sae_core.errors import UserError
 
 
 class ZeroAblation:
@@ -147,9 +148,11 @@ def save_reference(path: str | Path, layer: int, per_batch: list[dict[str, Tenso
     save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(path), meta)
 
 
-def load_reference(path: str | Path, device: torch.device
-                   ) -> tuple[dict[str, str], list[dict[str, Tensor]], dict[str, Tensor]]:
-    """(metadata, per-batch tensors, shared tensors) as `save_reference` wrote them."""
+def load_reference(path: str | Path, net: Any
+                   ) -> tuple[BlockSplice, list[dict[str, Tensor]], dict[str, Tensor]]:
+    """(the splice at the saved layer of `net`, per-batch tensors, shared tensors) as
+    `save_reference` wrote them, on net's device; refused if net's width is not theirs."""
+    device = next(net.parameters()).device
     with safe_open(str(path), framework="pt", device=str(device)) as file:
         meta = file.metadata()
         tensors = {key: file.get_tensor(key) for key in file.keys()}
@@ -161,4 +164,7 @@ def load_reference(path: str | Path, device: torch.device
             per_batch[int(index)][name] = tensor
         else:
             shared[key] = tensor
-    return meta, per_batch, shared
+    if per_batch[0]["x"].shape[-1] != net.config.hidden_size:
+        raise UserError(f"splice reference {path} has d={per_batch[0]['x'].shape[-1]}, "
+                        f"the model d={net.config.hidden_size}")
+    return BlockSplice(net, int(meta["layer"])), per_batch, shared

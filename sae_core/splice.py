@@ -156,11 +156,7 @@ class LMSplice:
     @classmethod
     def load(cls, path: str | Path, net: Any) -> LMSplice:
         """What `save` wrote, with `net` the same causal LM it was built from."""
-        meta, per_batch, shared = load_reference(path, next(net.parameters()).device)
-        splice = BlockSplice(net, int(meta["layer"]))
-        if per_batch[0]["x"].shape[-1] != net.config.hidden_size:
-            raise UserError(f"splice reference {path} has d={per_batch[0]['x'].shape[-1]}, "
-                            f"the model d={net.config.hidden_size}")
+        splice, per_batch, shared = load_reference(path, net)
         clean = [_Clean({k: b[k] for k in ("input_ids", "attention_mask", "keep")}, b["x"],
                         b["head_in"]) for b in per_batch]
         splice.probe(clean[0].batch)

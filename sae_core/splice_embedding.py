@@ -99,11 +99,7 @@ class EmbeddingSplice:
     @classmethod
     def load(cls, path: str | Path, net: Any) -> EmbeddingSplice:
         """What `save` wrote, with `net` the same encoder it was built from."""
-        meta, per_batch, shared = load_reference(path, next(net.parameters()).device)
-        splice = BlockSplice(net, int(meta["layer"]))
-        if per_batch[0]["x"].shape[-1] != net.config.hidden_size:
-            raise UserError(f"splice reference {path} has d={per_batch[0]['x'].shape[-1]}, "
-                            f"the model d={net.config.hidden_size}")
+        splice, per_batch, shared = load_reference(path, net)
         batches = [{k: b[k] for k in ("input_ids", "attention_mask", "keep")}
                    for b in per_batch]
         splice.probe(batches[0])
