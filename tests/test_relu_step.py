@@ -1,13 +1,12 @@
 """The ReLU SAE's step (sae_core/archs/relu.py), dense or over the active entries, sets the
-gradients autograd computes on loss.relu_loss of the dense forward pass: at every
-density, in double, fp32 and with bf16 matrix products."""
+gradients autograd computes on the plain formula of its loss over the dense forward pass:
+at every density, in double, fp32 and with bf16 matrix products."""
 
 import pytest
 import torch
 
 from sae_core.archs.relu import ReLU
 from sae_core.kernels import SPARSE_MAX_DENSITY, sparse_enough
-from sae_core.loss import relu_loss
 from sae_core.model import SAE, StepContext, StepStats
 
 # Encoder bias mean -> fraction of active entries of f at d=16, F=64, decoder_norm=0.5
@@ -34,10 +33,11 @@ def step(sae: SAE, x: torch.Tensor, path: str | None = None,
 
 def autograd_reference(sae: SAE, x: torch.Tensor, l1: float
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """(loss, {name: grad}, f) by autograd on the model's forward and loss.relu_loss."""
+    """(loss, {name: grad}, f) by autograd on the model's forward and the loss written
+    plainly: ‖x − x̂‖² + λ Σ_i f_i ‖W_dec,i‖, averaged over the batch."""
     sae.zero_grad(set_to_none=True)
     out = sae(x)
-    loss = relu_loss(x, out.x_hat, out.f, sae.W_dec, l1)
+    loss = ((x - out.x_hat).pow(2).sum(1) + l1 * out.f @ sae.W_dec.norm(dim=1)).mean()
     loss.backward()
     grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
     sae.zero_grad(set_to_none=True)

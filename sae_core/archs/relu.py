@@ -56,7 +56,8 @@ class ReLU:
         return torch.addmm(sae.b_enc, x, sae.W_enc).relu_()
 
     def gradients(self, sae: SAE, x: torch.Tensor, ctx: StepContext) -> StepStats:
-        """Autograd on loss.relu_loss; dense, or over the active entries (kernels.py)."""
+        """Autograd on loss.mse + λ · loss.l1_penalty; dense, or over the active entries
+        (kernels.py)."""
         if self.path not in ("auto", "dense", "sparse"):
             raise ValueError(f"path must be 'auto', 'dense' or 'sparse', got {self.path!r}")
         sae.zero_grad(set_to_none=True)
