@@ -9,7 +9,10 @@ For each (d, F) in {384, 768} x {4096, 16384} at batch 4096 tokens:
 - floor: the six matrix products of a dense step run alone (x W_enc, f W_dec, fᵀ g_x̂,
   g_x̂ W_decᵀ, xᵀ g_pre, g_pre W_encᵀ);
 - saelens: SAELens's standard ReLU SAE and `SAETrainer.step` (autograd, clip, Adam) on
-  the same weights and batch, in its own virtualenv (bench/_saelens_step.py).
+  the same weights and batch, in its own virtualenv (bench/_saelens_step.py), its
+  process's malloc as it is.
+Ours and the floor run in this process with glibc's malloc thresholds raised, as the
+trainer raises them on CPU (sae_core/host_memory.py); --malloc-as-is leaves them.
 The machine is shared and noisy: repetitions of the four are interleaved and the
 medians reported, so the ratios compare like with like. Also reported: MiniLM activation
 generation tokens/s, and the cache reader's wait per batch as a fraction of a step.
@@ -33,6 +36,7 @@ from _saelens_client import SAELENS_PYTHON, SaeLens
 from _states import gradients, initial_sae, normalised_batch, sparse_sae, topk_sae
 from safetensors.torch import save_file
 
+from sae_core.host_memory import keep_freed_memory
 from sae_core.model import SAE
 
 SHAPES = [(384, 4096), (384, 16384), (768, 4096), (768, 16384)]
@@ -225,12 +229,17 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=["relu", *TOPK_ARCHS],
                         help="relu (the four shapes) and/or topk, batchtopk (TOPK_SHAPES)")
     parser.add_argument("--no-saelens", action="store_true")
+    parser.add_argument("--malloc-as-is", action="store_true",
+                        help="leave glibc's malloc thresholds as they are (the trainer raises "
+                             "them on CPU: sae_core/host_memory.py)")
     parser.add_argument("--activation-tokens", type=int, default=10_000)
     args = parser.parse_args()
     shapes = [(128, 4096)] if args.quick else SHAPES
     if args.quick:
         args.reps, args.activation_tokens = 1, 2_000
     started = time.perf_counter()
+    # as the trainer does on CPU, before any tensor: ours and the floor run in this process
+    host_memory_kept = args.device == "cpu" and not args.malloc_as_is and keep_freed_memory()
     saelens = None
     if not args.no_saelens and args.device == "cpu":  # its venv has the CPU torch build
         if SAELENS_PYTHON.exists():
@@ -246,6 +255,7 @@ def main() -> None:
         "ours": "arch.gradients + clip_grad_norm_(1.0) + Adam.step, at L0 = l0",
         "ours_dense": "the same at step 0 (init, biases 0), L0 = dense_l0",
         "floor": "the six dense matmuls of a step, alone",
+        "host_memory_kept": host_memory_kept,
     }
     try:
         with tempfile.TemporaryDirectory(prefix="monoscale-bench-") as tmp:

@@ -21,6 +21,7 @@ from sae_core.config import RunConfig
 from sae_core.device import autocast_dtype, resolve_device
 from sae_core.errors import UserError
 from sae_core.evaluate import evaluate, final_evaluation
+from sae_core.host_memory import keep_freed_memory
 from sae_core.model import SAE, StepContext
 from sae_core.schedule import lr_factor
 
@@ -65,6 +66,8 @@ def train(
     device = resolve_device(cfg.device)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    if device.type == "cpu":  # every step reuses the last one's memory (host_memory.py)
+        keep_freed_memory()
     mm_dtype = autocast_dtype(cfg.autocast, device)
     arch = archs.build(cfg)
     assert cfg.lr is not None and cfg.adam_beta1 is not None  # RunConfig fills them in

@@ -17,7 +17,7 @@ def test_mse_matches_the_formula_and_its_gradients() -> None:
     torch.testing.assert_close(ours, expected)
     g_ours = torch.autograd.grad(ours, (x, x_hat))
     g_expected = torch.autograd.grad(expected, (x, x_hat))
-    for a, b in zip(g_ours, g_expected):
+    for a, b in zip(g_ours, g_expected, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -32,7 +32,7 @@ def test_l1_penalty_matches_the_formula_and_its_gradients() -> None:
     torch.testing.assert_close(ours, expected)
     g_ours = torch.autograd.grad(ours, (f_sum, W_dec))
     g_expected = torch.autograd.grad(expected, (f_sum, W_dec))
-    for a, b in zip(g_ours, g_expected):
+    for a, b in zip(g_ours, g_expected, strict=True):
         torch.testing.assert_close(a, b)
     assert torch.equal(g_ours[1][3], torch.zeros(8, dtype=torch.float64))
     W_dec_nonzero = torch.randn(16, 8, generator=gen, dtype=torch.float64, requires_grad=True)
