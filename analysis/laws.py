@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis.best_lr import Gaps, at_best_lr, lr_gaps
 from analysis.isoflop import (
     BUDGET_TOL_DEX,
     MIN_INTERIOR_BUDGETS,
@@ -55,6 +56,13 @@ class Laws:
     lr_optima: pd.DataFrame | None  # lr_law.LR_COLUMNS
     lr_law: PowerLaw | None  # LR_opt(C)
     lr_points: tuple[tuple[float, float], ...] = ()  # (F, steps) of the points the LR law uses
+    # (compute, log-loss gap) of stage 1's LR at those points; the stage-1 losses the laws
+    # were fitted to are moved down by it (best_lr.py); () when nothing was moved
+    lr_gaps: Gaps = ()
+
+    def at_best_lr(self, runs: pd.DataFrame) -> pd.DataFrame:
+        """Stage-1 runs with their losses moved as these laws' fit moved them."""
+        return at_best_lr(runs, self.lr_gaps)
 
     @property
     def allocation_source(self) -> str:
@@ -120,12 +128,22 @@ def fit_laws(
     lr_points: tuple[tuple[float, float], ...] | None = None,
     vertex_shift: VertexShift | None = None,
 ) -> Laws:
-    """Fit the parametric law (from `starts`, default the full grid), the IsoFLOP minima
-    and, at `allocation_budgets` (default: as allocation_source decides from these runs),
-    the power laws of their vertices; with LR runs, the LR law through the LR optima at
-    `lr_points` (default: the interior ones of these runs)."""
-    parametric = fit_parametric(stage1["n_features"], stage1["n_steps"], stage1["loss"], starts)
-    isoflop = fit_isoflop(stage1, flops_per_feature_step, tol_dex, budgets)
+    """With LR runs, the LR law through the LR optima at `lr_points` (default: the
+    interior ones of these runs), and stage 1's losses moved to the best LR of their
+    compute (best_lr.py); then, on those, the parametric law (from `starts`, default the
+    full grid), the IsoFLOP minima and, at `allocation_budgets` (default: as
+    allocation_source decides from these runs), the power laws of their vertices."""
+    lr_optima = lr_law = None
+    gaps: Gaps = ()
+    if len(lr_runs):
+        lr_optima = fit_lr_optima(lr_runs)
+        if lr_points is None:
+            lr_points = tuple(interior_points(lr_optima))
+        lr_law = _optional(fit_lr_law, lr_runs, lr_band, list(lr_points))
+        gaps = lr_gaps(lr_runs, lr_optima, lr_points, stage1_lr(stage1))
+    at_best = at_best_lr(stage1, gaps)
+    parametric = fit_parametric(at_best["n_features"], at_best["n_steps"], at_best["loss"], starts)
+    isoflop = fit_isoflop(at_best, flops_per_feature_step, tol_dex, budgets)
     if allocation_budgets is None:
         allocation_budgets, _ = allocation_source(isoflop)
     features_law = steps_law = loss_law = None
@@ -140,14 +158,15 @@ def fit_laws(
             features_law = _optional(fit_power_law, used["compute_flops"], used["n_features_opt"])
             steps_law = _optional(fit_power_law, used["compute_flops"], used["n_steps_opt"])
             loss_law = _optional(fit_offset_power_law, used["compute_flops"], used["loss_opt"])
-    lr_optima = lr_law = None
-    if len(lr_runs):
-        lr_optima = fit_lr_optima(lr_runs)
-        if lr_points is None:
-            lr_points = tuple(interior_points(lr_optima))
-        lr_law = _optional(fit_lr_law, lr_runs, lr_band, list(lr_points))
     return Laws(parametric, isoflop, tuple(allocation_budgets), features_law, steps_law, loss_law,
-                lr_optima, lr_law, tuple(lr_points or ()))
+                lr_optima, lr_law, tuple(lr_points or ()), gaps)
+
+
+def stage1_lr(stage1: pd.DataFrame) -> float | None:
+    """The one LR of the stage-1 runs (their median), or None without an lr column."""
+    if "lr" not in stage1.columns or not stage1["lr"].notna().any():
+        return None
+    return float(stage1["lr"].median())
 
 
 def shifted(vertices: pd.DataFrame, shift: VertexShift) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from analysis.best_lr import at_best_lr  # noqa: E402
 from analysis.isoflop import assign_budgets  # noqa: E402
 from analysis.laws import split_stages  # noqa: E402
 
@@ -69,6 +70,15 @@ def plain_ticks(ax: Axes) -> None:
 def _stages(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     stage1, lr_runs, _ = split_stages(runs)
     return stage1, lr_runs
+
+
+def _as_fitted(stage1: pd.DataFrame, fits: dict[str, Any]) -> tuple[pd.DataFrame, str]:
+    """(stage-1 runs with their losses as the laws were fitted to them, moved to the best
+    LR where fits.json has lr_gaps (best_lr.py); a legend note saying so, or "")."""
+    gaps = tuple((g["compute_flops"], g["log_loss_gap"]) for g in fits.get("lr_gaps") or [])
+    if not gaps:
+        return stage1, ""
+    return at_best_lr(stage1, gaps), "losses moved to the best LR"
 
 
 def _compute_grid(fits: dict[str, Any], runs: pd.DataFrame) -> np.ndarray:
@@ -139,8 +149,9 @@ def draw_loss_vs_compute(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any], col
     iso = pd.DataFrame(fits["isoflop"])
     if not iso.empty:
         inside = iso["edge"] == ""
+        moved = " (at the best LR)" if fits.get("lr_gaps") else ""
         ax.plot(iso.loc[inside, "compute_flops"], iso.loc[inside, "loss_opt"], "D", color=LAW, ms=5,
-                label="IsoFLOP minima")
+                label=f"IsoFLOP minima{moved}")
     if fits.get("planned_run"):
         _draw_planned(ax, fits)
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=metric_label(fits))
@@ -165,7 +176,7 @@ def draw_isoflop(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any]) -> None:
     if iso.empty:
         ax.text(0.5, 0.5, "no budget with >= 3 widths", ha="center", transform=ax.transAxes)
         return
-    stage1, _ = _stages(runs)
+    stage1, note = _as_fitted(_stages(runs)[0], fits)
     label = assign_budgets(stage1["compute_flops"], fits.get("budget_tol_dex", 0.05), iso["compute_flops"])
     colors = plt.cm.plasma(np.linspace(0, 0.85, len(iso)))
     named = {0, len(iso) - 1} if len(iso) > MAX_LEGEND_BUDGETS else set(range(len(iso)))
@@ -183,6 +194,8 @@ def draw_isoflop(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any]) -> None:
         ax.plot(row.n_features_opt, row.loss_opt, "*", ms=13, mec=color if edge else "k",
                 mfc="none" if edge else color, mew=1.2 if edge else 0.5)
     ax.plot([], [], "*", color="0.5", mec="k", mew=0.5, ms=10, label="F_opt (open: grid's edge)")
+    if note:
+        ax.plot([], [], " ", label=f"stage-1 {note}")
     ax.set(xscale="log", xlabel="n_features F", ylabel=metric_label(fits))
 
 

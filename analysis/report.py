@@ -8,6 +8,8 @@
                       budgets_flops (the IsoFLOP budgets used; [] for parametric)
     lr_opt            LR_opt(C) = coefficient C^exponent    (only with an LR stage)
     prediction        F_opt, steps_opt, LR_opt and loss (ci95, pi95) at target_compute_flops
+    lr_gaps           per LR point: how far (log loss) stage 1's LR sat above its optimum;
+                      stage-1 losses are moved down by it before every fit (best_lr.py)
     edge_flags, isoflop, lr_optima, n_runs, bootstrap (draws for `plan`)
     frontier          Pareto frontier: runs no cheaper run beats
     frontier_per_budget  the lowest-loss run of each compute budget
@@ -148,6 +150,7 @@ def _analyze(
     k = flops_per_feature_step(runs, batch_size_tokens, d_in)
     target = target_compute_flops or TARGET_MULTIPLE * float(stage1["compute_flops"].max())
     laws = fit_laws(stage1, lr_runs, k, tol_dex, budgets, lr_band, starts)
+    at_best = laws.at_best_lr(stage1)
     point = derived(laws, k, target)
 
     draws, scatter, lr_scatter = fixed_design_draws(stage1, lr_runs, laws, point, k, target, tol_dex,
@@ -180,7 +183,7 @@ def _analyze(
             "n_draws": n_draws, "seed": seed, "n_failed": int(draws.isna().all(axis=1).sum()),
             "resampled": RESAMPLED,
             "draws": {c: draws[c].tolist() for c in draws.columns},
-            "log_residuals": residuals(p, stage1["n_features"], stage1["n_steps"], stage1["loss"]).tolist(),
+            "log_residuals": residuals(p, at_best["n_features"], at_best["n_steps"], at_best["loss"]).tolist(),
             # log-loss sd of a run about the law: its design point's (u) and its seed's (e)
             "run_scatter": {"design_point_sd": scatter.point_sd, "design_point_df": scatter.point_df,
                             "seed_sd": scatter.seed_sd, "seed_df": scatter.seed_df,
@@ -196,6 +199,7 @@ def _analyze(
             "points": [{"n_features": f, "n_steps": s} for f, s in laws.lr_points],
         }
         fits["lr_optima"] = laws.lr_optima.to_dict("records")
+        fits["lr_gaps"] = [{"compute_flops": c, "log_loss_gap": g} for c, g in laws.lr_gaps]
         fits["prediction"]["lr_opt"] = _value(point["target_lr"], draws.get("target_lr"))
     return to_json_safe(fits)
 
@@ -214,6 +218,11 @@ def format_summary(fits: dict[str, Any]) -> str:
             law = fits[key]
             lines.append(f"{key}: {law['coefficient']:.4g} * C^{law['exponent']:.4f} "
                          f"(exponent 95% CI {_ci(law['exponent_ci95'])}; {law.get('source', '?')})")
+    if fits.get("lr_gaps"):
+        gaps = ", ".join(f"{100 * g['log_loss_gap']:.1f}% at {g['compute_flops']:.2g}"
+                         for g in fits["lr_gaps"])
+        lines.append(f"stage-1 losses moved to the best LR before the fits (stage 1's LR "
+                     f"{fits['lr_stage1']:.3g} above each LR point's optimum, in log loss: {gaps})")
     if fits.get("features_opt", {}).get("source_reason"):
         law = fits["features_opt"]
         lines.append(f"F_opt, steps_opt and frontier loss from {law['source']}: {law['source_reason']}")
