@@ -108,9 +108,10 @@ def fixed_design_draws(
     with, column run_scatter_sd), the stage-1 scatter, and the stage-2 one (a record).
 
     Stage 1 on its fixed design (scatter.py): every draw keeps every (F, steps) and gets the
-    law's fitted loss times new deviations at stage 1's LR; the draw's fit measures the
-    gaps to the best LR again on its own LR runs (best_lr.py, module docstring). Stage 2 likewise: the runs in each LR point's
-    window get its parabola's fitted loss times new deviations (lr_law.py). Each draw is
+    law's fitted loss times new deviations, at stage 1's LR; the draw's fit measures the
+    gaps to the best LR again on its own LR runs (best_lr.py, module docstring). Stage 2
+    likewise: the runs in each LR point's window get its parabola's fitted loss times new
+    deviations (lr_law.py). Each draw is
     fitted exactly as the point fit (warm-started, the same allocation source and budgets,
     the same LR points, its IsoFLOP vertices moved as laws.py says)."""
     ids = pd.factorize(design_points(stage1))[0]
