@@ -43,14 +43,17 @@ def lr_gaps(lr_runs: pd.DataFrame, lr_optima: pd.DataFrame,
     if lr_stage1 is None or not np.isfinite(lr_stage1) or lr_stage1 <= 0:
         return ()
     keys = set(points)
+    # numpy, not pandas masks: every bootstrap draw calls this (0.5 ms a call against 1.2)
+    f, s = (lr_runs[c].to_numpy(dtype=float) for c in POINT)
+    at_stage1 = np.isclose(lr_runs["lr"].to_numpy(dtype=float), lr_stage1, rtol=1e-6)
+    log_loss = np.log(lr_runs["loss"].to_numpy(dtype=float))
     out = []
     for row in lr_optima.itertuples(index=False):
         if (float(row.n_features), float(row.n_steps)) not in keys or not np.isfinite(row.loss_vertex):
             continue
-        runs = lr_runs[(lr_runs[POINT[0]] == row.n_features) & (lr_runs[POINT[1]] == row.n_steps)
-                       & np.isclose(lr_runs["lr"], lr_stage1, rtol=1e-6)]
-        if len(runs):
-            gap = float(np.log(runs["loss"].to_numpy(dtype=float)).mean() - np.log(row.loss_vertex))
+        here = at_stage1 & (f == row.n_features) & (s == row.n_steps)
+        if here.any():
+            gap = float(log_loss[here].mean() - np.log(row.loss_vertex))
         else:
             gap = float(row.curvature * np.log10(lr_stage1 / row.lr_vertex) ** 2)
         out.append((float(row.compute_flops), max(gap, 0.0)))
