@@ -8,7 +8,8 @@ kernel zero-fills them. Raising both thresholds keeps freed blocks for reuse: th
 process's memory stays at its peak, which a training process reaches in its first step
 anyway.
 
-Measured on a 2-core CPU (docs/METHOD.md §5.4; the same step, same process, 9 reps):
+Measured on a 2-core CPU (docs/METHOD.md §5.4; the same step, one process per setting,
+5-9 reps):
 d=768, F=4096 at L0 64 171 ms a step with the thresholds raised against 197-207 ms
 without, d=768, F=16384 604-611 ms against 785-816 ms, the dense step at d=384, F=4096
 318-330 ms against 435-449 ms; the page faults per step fell from 14-26 thousand to
