@@ -33,14 +33,14 @@ def handicap(lr: np.ndarray | float, compute: np.ndarray) -> np.ndarray:
     return np.exp(KAPPA * np.log10(lr / lr_opt(compute)) ** 2)
 
 
-def world() -> pd.DataFrame:
+def world(lrs: list[float] = LRS) -> pd.DataFrame:
     stage1 = isoflop_runs(TRUTH, BUDGETS, K, noise_rel=0.0, seed=0).assign(lr=LR_STAGE1)
     stage1["loss"] *= handicap(LR_STAGE1, stage1["compute_flops"])
     f_opt, _ = TRUTH.optimal_allocation(np.geomspace(BUDGETS[0], BUDGETS[-1], 3), K)
     rows = []
     for f in np.round(f_opt).astype(int):
-        s = int(round(np.geomspace(BUDGETS[0], BUDGETS[-1], 3)[len(rows) // len(LRS)] / (K * f)))
-        for lr in LRS:
+        s = int(round(np.geomspace(BUDGETS[0], BUDGETS[-1], 3)[len(rows) // len(lrs)] / (K * f)))
+        for lr in lrs:
             c = K * f * s
             rows.append((f, s, c, lr, float(TRUTH.predict(f, s) * handicap(lr, c))))
     stage2 = pd.DataFrame(rows, columns=["n_features", "n_steps", "compute_flops", "lr", "loss"])
@@ -70,3 +70,14 @@ def test_the_law_at_the_best_lr_is_recovered() -> None:
     assert abs(moved_error) < 0.002, moved_error
     assert raw_error < -0.05, raw_error  # as fitted, the losses fall too fast with compute
     assert laws.parametric.a == pytest.approx(TRUTH.a, abs=0.005)
+
+
+def test_without_a_run_at_stage_1s_lr_the_window_parabola_gives_the_gap() -> None:
+    runs = world([1.5 * lr for lr in LRS])  # no LR point has a run at stage 1's 1e-3
+    stage1, lr_runs, lr1 = split_stages(runs)
+    assert lr1 == LR_STAGE1 and not np.isclose(lr_runs["lr"], LR_STAGE1).any()
+    optima = fit_lr_optima(lr_runs)
+    gaps = lr_gaps(lr_runs, optima, list(zip(optima["n_features"], optima["n_steps"], strict=True)), lr1)
+    assert len(gaps) == 3
+    for compute, gap in gaps:
+        assert gap == pytest.approx(np.log(handicap(LR_STAGE1, np.array(compute))), rel=1e-6)
