@@ -18,8 +18,8 @@ the log loss at its window parabola's vertex (the parabola's value at stage 1's 
 no run sits there), never below 0. A stage-1 run at compute C is moved down by the gap
 interpolated in log C between the points (`gap_at`; held at the end values beyond
 them): the LR points span the stage-1 budgets (`monoscale plan-lr`), so this
-interpolates. Without LR
-points nothing moves, and the laws describe loss at stage 1's LR.
+interpolates. Without LR points nothing moves, and the laws describe loss at stage 1's
+LR.
 """
 
 from __future__ import annotations
