@@ -1,5 +1,6 @@
-"""`monoscale analyze`, `monoscale plan`, `monoscale plan-lr`: the analysis (analysis/)
-on a sweep's runs (sweeps/analysis_input.py).
+"""`monoscale analyze`: the analysis (analysis/) on a sweep's runs
+(sweeps/analysis_input.py), and what `plan` and `plan-lr` (sweeps/plan_commands.py) share
+with it: reading the runs, fitting them, reading JSON, saying how far a prediction reaches.
 
 Runs whose configs differ in more than the law's axes are fitted as separate laws
 (analysis/groups.py): `analyze` then writes one directory per group. Heavy modules
@@ -10,8 +11,6 @@ Runs whose configs differ in more than the law's axes are fitted as separate law
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,11 @@ from sae_core.errors import UserError
 # inside the interval, with an IsoFLOP design; docs/METHOD.md §5.3: -16%, outside it,
 # with a factorial one). Past a decade beyond the data nothing here backs the law.
 EXTRAPOLATION_WARN = 10.0
-_INT64_MAX = 2**63 - 1  # the trainer counts tokens in int64 tensors
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     cmd = sub.add_parser("analyze", help="fit the scaling laws of a sweep's runs: fits.json + plots")
-    _source(cmd)
+    add_source(cmd)
     cmd.add_argument("--lr-spec", metavar="SPEC2", help="also read this stage-2 (LR) sweep's runs")
     cmd.add_argument("--lr-runs-csv", metavar="FILE", help="stage-2 (LR) runs as CSV")
     cmd.add_argument("--out", required=True, metavar="DIR", help="writes DIR/fits.json and plots")
@@ -50,34 +48,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      "paper's loss for ReLU SAEs, normalized_mse when other architectures run)")
     cmd.set_defaults(func=_analyze)
 
-    cmd = sub.add_parser("plan", help="the large run's F, steps, LR and predicted loss")
-    _source(cmd, fits=True)
-    group = cmd.add_argument_group("budget (one or both)")
-    group.add_argument("--compute", type=float, metavar="C", help="compute budget in FLOPs")
-    group.add_argument("--features", type=int, metavar="F", help="a fixed n_features")
-    cmd.add_argument("--power-of-two", action="store_true", help="round n_features to a power of 2")
-    cmd.add_argument("--max-l0", type=float, metavar="L", help="with --fits of an analysis of "
-                     "several groups: the best group whose frontier runs have L0 <= L")
-    cmd.add_argument("--out", required=True, metavar="PLAN.json")
-    cmd.set_defaults(func=_plan)
 
-    cmd = sub.add_parser("plan-lr", help="write the stage-2 LR sweep spec at compute-optimal points")
-    _source(cmd, fits=True)
-    # dest n_budgets: without --fits, _fit() reads args.budgets as analyze's IsoFLOP budgets
-    cmd.add_argument("--budgets", type=int, default=3, metavar="K", dest="n_budgets",
-                     help="number of budgets (default 3)")
-    cmd.add_argument("--lr-span-dex", type=float, default=1.0, help="width of the LR grid in dex")
-    cmd.add_argument("--n-lrs", type=int, default=5, help="LR grid points per budget")
-    cmd.add_argument("--search-trials", type=int, metavar="N",
-                     help="an Optuna TPE search over log LR (N trials) instead of the grid")
-    cmd.add_argument("--refine", action="store_true", help="SPEC is a finished stage-2 LR "
-                     "sweep and --fits its analysis: add a finer round of LRs around each "
-                     "point's best (same sweep name: only the new runs train)")
-    cmd.add_argument("--out", required=True, metavar="SPEC2.yaml")
-    cmd.set_defaults(func=_plan_lr)
-
-
-def _source(cmd: argparse.ArgumentParser, fits: bool = False) -> None:
+def add_source(cmd: argparse.ArgumentParser, fits: bool = False) -> None:
     cmd.add_argument("spec", nargs="?", metavar="SPEC", help="sweep spec: its runs are read from MLflow")
     cmd.add_argument("--runs-csv", metavar="FILE", help="runs table as CSV instead of MLflow")
     if fits:
@@ -86,7 +58,7 @@ def _source(cmd: argparse.ArgumentParser, fits: bool = False) -> None:
     cmd.add_argument("--tracking-uri", metavar="URI", help="MLflow URI (default sqlite:///<storage>/mlflow.db)")
 
 
-def _load_runs(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
+def load_runs(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     """(runs DataFrame, SweepInfo | None, tracking URI | None) from SPEC or --runs-csv."""
     import pandas as pd
 
@@ -111,7 +83,7 @@ def _load_runs(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     return inputs.distinct_runs(runs), sweep, uri
 
 
-def _fit(args: argparse.Namespace, runs: Any, sweep: Any, n_draws: int = 200) -> dict[str, Any]:
+def fit(args: argparse.Namespace, runs: Any, sweep: Any, n_draws: int = 200) -> dict[str, Any]:
     from analysis.report import analyze
     from sweeps.analysis_input import shared_value
 
@@ -136,7 +108,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
     if args.draws < 0:
         raise UserError(f"--draws must be >= 0, got {args.draws}")
-    runs, sweep, uri = _load_runs(args)
+    runs, sweep, uri = load_runs(args)
     metric, why = choose_metric(runs, args.metric)
     _check_falling(metric)
     runs = with_metric(runs, metric)
@@ -154,9 +126,9 @@ def _analyze(args: argparse.Namespace) -> int:
     parts: dict[str, Any] = {}
     lines, summaries, runs_by_group = [], [], {}
     for (config, members), name in zip(groups, names, strict=True):
-        fits = _fit(args, members, sweep, args.draws)
+        fits = fit(args, members, sweep, args.draws)
         fits.update(group=config, metric=metric, metric_reason=why)
-        _say_extrapolation("the prediction", fits["prediction"]["compute_flops"], fits)
+        say_extrapolation("the prediction", fits["prediction"]["compute_flops"], fits)
         if planned is not None and planned_row is not None and all(
                 planned_row.get(k) == v for k, v in config.items()):
             fits["planned_run"] = planned
@@ -195,7 +167,7 @@ def _attach(uri: str, sweep: str, out: Path, fits_by_group: dict[str, Any],
     tracking.attach(uri, target.parent_run_id, out, "analysis")
     tracking.describe(target, "laws", laws_text(fits_by_group))
     if planned is not None and plan_path is not None:
-        text = plan_text(_read_json(plan_path, "plan"), planned)
+        text = plan_text(read_json(plan_path, "plan"), planned)
         tracking.describe(target, "plan", text)
         plan_target = tracking.find_sweep(uri, f"{sweep}-plan")
         if plan_target is not None:
@@ -257,7 +229,7 @@ def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None, metric: str 
 
     from analysis.plan import check_plan, is_planned_run
 
-    plan = _read_json(path, "plan")
+    plan = read_json(path, "plan")
     planned_metric = plan.get("metric", "loss")
     if planned_metric != metric:
         raise UserError(f"{path} predicts {planned_metric}, this analysis fits {metric}: "
@@ -283,28 +255,7 @@ def _check_plan(path: Path, runs: Any, sweep: Any, uri: str | None, metric: str 
     return report, runs[~is_planned_run(plan, runs)], row
 
 
-def _fits_or_analyze(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    """(fits, SweepInfo | None): --fits (with SPEC for its cache and base), else analyze."""
-    from analysis.groups import group_runs, label
-    from sweeps import analysis_input as inputs
-
-    if not args.fits:
-        runs, sweep, _ = _load_runs(args)
-        groups = group_runs(runs)
-        if len(groups) > 1:
-            names = ", ".join(label(config) for config, _ in groups)
-            raise UserError(f"the runs make {len(groups)} laws ({names}): run `monoscale "
-                            "analyze --out DIR`, then pass --fits DIR (the best group at "
-                            "--compute, within --max-l0) or --fits DIR/<group>/fits.json")
-        return _fit(args, runs, sweep), sweep
-    if args.runs_csv:
-        raise UserError("give --fits or --runs-csv, not both")
-    path = Path(args.fits)
-    fits = _read_json(path / "fits.json" if path.is_dir() else path, "fits")
-    return fits, inputs.load_sweep(args.spec) if args.spec else None
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"no {what} file at {path}")
     from sae_core.input_files import load_json
@@ -315,74 +266,18 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _plan(args: argparse.Namespace) -> int:
-    from analysis.outputs import write_text_atomic
-    from analysis.plan import plan_run
-
-    if args.compute is None and args.features is None:
-        raise UserError("plan needs --compute C or --features F")
-    comparison = _comparison_at(Path(args.fits)) if args.fits else None
-    choice = None
-    if comparison is not None:  # an analysis of several groups: pick one, then plan it
-        from analysis.compare import choose
-
-        if args.compute is None:
-            raise UserError("choosing among the groups of an analysis needs --compute C")
-        summary = _read_json(comparison, "comparison")
-        predictions = {}
-        for g in summary["groups"]:
-            try:
-                group_fits = _read_json(comparison.parent / g["group"] / "fits.json", "fits")
-                group_plan = plan_run(group_fits, args.compute, args.features, args.power_of_two)
-                predictions[g["group"]] = (group_plan["predicted_loss"],
-                                           group_plan["predicted_loss_pi95"])
-            except UserError as why:  # a group whose law cannot plan is not a choice
-                print(f"{g['group']}: no plan ({why})")
-        group, choice = choose(summary, predictions, args.max_l0)
-        args.fits = str(comparison.parent / group["group"] / "fits.json")
-        print(f"chose {choice}")
-    elif args.max_l0 is not None:
-        raise UserError("--max-l0 chooses among the groups of an analysis: give --fits the "
-                        "analysis directory (with its comparison.json)")
-    fits, sweep = _fits_or_analyze(args)
-    plan = plan_run(fits, args.compute, args.features, args.power_of_two)
-    _refuse_unrunnable(plan, fits)
-    _say_extrapolation("plan", plan["compute_flops"], fits, always=True)
-    plan["metric"] = fits.get("metric", "loss")
-    plan["run_config"].update(fits.get("group") or {})  # the group's arch, k, λ, ...
-    if choice is not None:
-        plan["choice"] = choice
-    if sweep is not None:
-        plan["sweep"] = sweep.name
-        cache = dict(sweep.raw.get("cache") or {})
-        if cache.get("path"):  # relative to the spec file: make it absolute
-            cache["path"] = str((sweep.path.parent / cache["path"]).resolve())
-        plan["cache"] = cache
-        plan["run_config"] = {**sweep.raw.get("base", {}), **plan["run_config"]}
-    text = json.dumps(plan, indent=2)
-    write_text_atomic(args.out, text + "\n")
-    print(text)
-    return 0
-
-
-def _comparison_at(path: Path) -> Path | None:
-    """The comparison.json an analysis directory (or the file itself) holds, if any."""
-    found = path / "comparison.json" if path.is_dir() else path
-    return found if found.name == "comparison.json" and found.is_file() else None
-
-
-def _largest_budget(fits: dict[str, Any]) -> float | None:
+def largest_budget(fits: dict[str, Any]) -> float | None:
     budgets = [row["compute_flops"] for row in fits.get("frontier", [])]
     return max(budgets) if budgets else None
 
 
-def _say_extrapolation(what: str, compute_flops: float, fits: dict[str, Any],
+def say_extrapolation(what: str, compute_flops: float, fits: dict[str, Any],
                        always: bool = False) -> None:
     """How far `compute_flops` lies beyond the runs, on stderr; a warning past
     EXTRAPOLATION_WARN."""
     import sys
 
-    top = _largest_budget(fits)
+    top = largest_budget(fits)
     if top is None:
         return
     factor = compute_flops / top
@@ -396,48 +291,3 @@ def _say_extrapolation(what: str, compute_flops: float, fits: dict[str, Any],
         line = (f"warning: {line}; past {EXTRAPOLATION_WARN:g}x no prediction here was "
                 "checked against a trained run (4x was), so its interval is optimistic")
     print(line, file=sys.stderr)
-
-
-def _refuse_unrunnable(plan: dict[str, Any], fits: dict[str, Any]) -> None:
-    """A planned run whose token count overflows the trainer's int64 counters cannot
-    train anywhere: refuse it before a PLAN.json exists."""
-    batch = int(fits.get("batch_size_tokens") or 0)
-    if batch and plan["n_steps"] * batch > _INT64_MAX:
-        top = _largest_budget(fits)
-        beyond = f", {plan['compute_flops'] / top:.3g}x the largest budget swept" if top else ""
-        raise UserError(f"the planned run (F={plan['n_features']}, {plan['n_steps']} steps of "
-                        f"{batch} tokens, {plan['compute_flops']:.3g} FLOPs{beyond}) overflows "
-                        "the trainer's 64-bit token count: no such run can train")
-
-
-def _plan_lr(args: argparse.Namespace) -> int:
-    import yaml
-
-    from analysis.outputs import write_text_atomic
-    from analysis.plan_lr import lr_refine_specs, lr_sweep_spec
-
-    fits, sweep = _fits_or_analyze(args)
-    raw = dict(sweep.raw) if sweep else None
-    if raw and isinstance(raw.get("cache"), dict) and raw["cache"].get("path"):
-        # The cache path is relative to the spec file; keep it right from the new file's folder.
-        cache = dict(raw["cache"])
-        absolute = (sweep.path.parent / cache["path"]).resolve()
-        cache["path"] = os.path.relpath(absolute, Path(args.out).resolve().parent)
-        raw["cache"] = cache
-    if args.refine:
-        if not (args.fits and raw):
-            raise UserError("--refine needs the stage-2 SPEC and --fits of its analysis")
-        specs = lr_refine_specs(fits, raw)
-        if not specs:
-            raise UserError("every point's LR optimum is already bracketed by its grid's "
-                            "neighbours: nothing to refine")
-    else:
-        specs = [lr_sweep_spec(fits, args.n_budgets, raw, args.lr_span_dex, args.n_lrs,
-                               args.search_trials)]
-    out = Path(args.out)
-    for i, spec in enumerate(specs):  # one spec per set of points that share their new LRs
-        path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
-        text = yaml.safe_dump(spec, sort_keys=False)
-        write_text_atomic(path, text)
-        print(f"# {path}\n{text}", end="")
-    return 0

@@ -1,7 +1,8 @@
 """`monoscale`: one entry point; each area registers its own subcommands.
 
     cache, train              sae_core/cli.py
-    analyze, plan, plan-lr    sweeps/analysis_commands.py
+    analyze                   sweeps/analysis_commands.py
+    plan, plan-lr             sweeps/plan_commands.py
     eval                      sweeps/eval_commands.py
     submit, resume, status,   sweeps/commands.py
     ui
@@ -24,7 +25,7 @@ from sae_core.errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     from sae_core import cli as core_cli
-    from sweeps import analysis_commands, demo, eval_commands
+    from sweeps import analysis_commands, demo, eval_commands, plan_commands
     from sweeps import commands as sweep_cli
 
     parser = argparse.ArgumentParser(
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     core_cli.add_commands(sub)
     sweep_cli.add_commands(sub)
     analysis_commands.add_commands(sub)
+    plan_commands.add_commands(sub)
     eval_commands.add_commands(sub)
     demo.add_command(sub, run=main)
     return parser

@@ -8,8 +8,8 @@ metrics. A grid point is done when it has a FINISHED child; FAILED/KILLED childr
 as history. Runs are read back as `RunRecord`s carrying every param (typed again), metric
 and tag, so nothing a run records is dropped on the way to the analysis.
 
-Logging is batched (log_batch): single log_metric calls cost ~4 ms each on SQLite, and
-trials log from inside themselves, never through the driver (docs/METHOD.md §5.7).
+Trials log from inside themselves, never through the driver (docs/METHOD.md §5.7): the
+child run a trial writes is sweeps/child_run.py.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from typing import Any
 
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 
-from sae_core.config import RunConfig
 from sae_core.errors import UserError
 from sweeps.store import check_store
 
@@ -228,7 +227,7 @@ class RunRecord:
         return self.status == "FINISHED"
 
 
-def _param(value: Any) -> str:
+def param_text(value: Any) -> str:
     """A param as text that _typed reads back: str() of scalars, JSON of a tuple."""
     return json.dumps(list(value)) if isinstance(value, tuple | list) else str(value)
 
@@ -349,62 +348,3 @@ def log_evaluation(uri: str, run_id: str, metrics: dict[str, float], step: int,
 def attach(uri: str, run_id: str, directory: str | Path, artifact_path: str) -> None:
     """Every file of `directory` (fits.json, plots, a log) as artifacts of a run."""
     MlflowClient(uri).log_artifacts(run_id, str(directory), artifact_path)
-
-
-class MetricsBuffer:
-    """The trainer's MetricsLogger: buffers points and sends them with log_batch (one call
-    per <= 1000 points, MLflow's batch limit), at most every `flush_every_s` seconds."""
-
-    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0) -> None:
-        self._client, self._run_id, self._flush_every_s = client, run_id, flush_every_s
-        self._points: list[Metric] = []
-        self._last_flush = time.monotonic()
-        self.last_timestamp_ms = 0
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        # Strictly increasing timestamps: MLflow's "latest value" breaks step ties by time.
-        now = max(int(time.time() * 1000), self.last_timestamp_ms + 1)
-        self.last_timestamp_ms = now
-        self._points += [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        if time.monotonic() - self._last_flush > self._flush_every_s:
-            self.flush()
-
-    def flush(self) -> None:
-        for i in range(0, len(self._points), 1000):
-            self._client.log_batch(self._run_id, metrics=self._points[i:i + 1000])
-        self._points, self._last_flush = [], time.monotonic()
-
-
-class ChildRun:
-    """One attempt at one grid point, opened from inside the trial."""
-
-    def __init__(self, target: TrackingTarget, cfg: RunConfig, resumed_from_step: int,
-                 extra_tags: dict[str, str] | None = None,
-                 extra_params: dict[str, Any] | None = None) -> None:
-        self.client = MlflowClient(target.uri)
-        tags = {TAG_PARENT: target.parent_run_id, TAG_SWEEP: target.sweep,
-                TAG_KEY: cfg.run_key, TAG_STAGE: str(target.stage), **(extra_tags or {})}
-        if resumed_from_step:
-            tags[TAG_RESUMED] = str(resumed_from_step)
-        name = f"F{cfg.n_features}-S{cfg.n_steps}-lr{cfg.lr:g}-s{cfg.seed}"
-        self.run_id = self.client.create_run(target.experiment_id, tags=tags,
-                                             run_name=name).info.run_id
-        params = {**cfg.to_dict(), "compute_flops": cfg.compute_flops, "n_tokens": cfg.n_tokens,
-                  **(extra_params or {})}
-        self.client.log_batch(self.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
-        self.metrics = MetricsBuffer(self.client, self.run_id)
-
-    def finish(self, artifacts: Iterable[Path]) -> None:
-        """The final held-out metrics came through the trainer's last logger call."""
-        self.metrics.flush()
-        for path in artifacts:
-            if path.exists():
-                self.client.log_artifact(self.run_id, str(path))
-        self.client.set_terminated(self.run_id, "FINISHED")
-
-    def fail(self, reason: str) -> None:
-        try:
-            self.metrics.flush()
-        finally:
-            self.client.log_batch(self.run_id, tags=[RunTag(TAG_FAILURE, reason[:4000])])
-            self.client.set_terminated(self.run_id, "FAILED")

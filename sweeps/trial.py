@@ -23,7 +23,8 @@ from ray import tune
 from sae_core.config import RunConfig
 from sae_core.run import DENSITY_FILE
 from sae_core.sae_files import WEIGHTS_FILE
-from sweeps.tracking import TAG_NODE, TAG_POINT, ChildRun, TrackingTarget, child_runs, mark_killed
+from sweeps.child_run import ChildRun
+from sweeps.tracking import TAG_NODE, TAG_POINT, TrackingTarget, child_runs, mark_killed
 
 if TYPE_CHECKING:  # sweeps/eval_trial.py imports transformers: only trials that splice load it
     from sweeps.eval_trial import SpliceSetup
