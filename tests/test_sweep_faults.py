@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sessions import kill_session
 
 import sweeps
 from sweeps import tracking
@@ -41,17 +41,6 @@ def driver(spec: Path, log: Path, *flags: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sweeps.cli", "submit", str(spec), *flags],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT,
                             start_new_session=True)
-
-
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of the session a driver was started in (its Ray too)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == sid:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def finished_per_point(uri: str) -> dict[str, int]:

@@ -6,8 +6,6 @@ One local Ray (2 CPUs, small object store) serves the whole module; the driver r
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from sessions import kill_session
 
 from sweeps import tracking
 from sweeps.driver import Where, submit
@@ -142,17 +141,6 @@ search: {{range: [1e-4, 1e-2], n_trials: 2}}
     assert parent.info.status == "FINISHED" and parent.data.metrics["n_finished"] == 4
     assert submit(load_spec(spec_path), where) == 0
     assert len(children(where)) == 4
-
-
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of the session we started the driver in (its Ray too)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == sid:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def test_driver_killed_mid_sweep_then_resumed_finishes_each_point_once(
