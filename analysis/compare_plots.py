@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from analysis.panels import plain_ticks  # noqa: E402
 
 ARCH_COLORS = {"relu": "tab:gray", "topk": "tab:blue", "batchtopk": "tab:orange",
                "matryoshka_batchtopk": "tab:green", "jumprelu": "tab:red"}
@@ -39,15 +40,6 @@ def _style(groups: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _plain_log_ticks(ax: Any) -> None:
-    """Log axes labelled 0.2, 0.3, 20, 30 rather than 2×10⁻¹: minor ticks carry the labels
-    over less than a decade."""
-    plain = FuncFormatter(lambda value, _: f"{value:g}")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(plain)
-        axis.set_minor_formatter(plain)
-
-
 def frontiers(comparison: dict[str, Any]) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4.6), constrained_layout=True)
     style = _style(comparison["groups"])
@@ -64,8 +56,7 @@ def frontiers(comparison: dict[str, Any]) -> Figure:
                     color=color, label=f"{g['group']}: C^{law['exponent']:.3f}")
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL,
            ylabel=f"frontier {comparison['metric']}", title="Compute-optimal frontier per group")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    plain_ticks(ax)
     ax.legend(fontsize=7, loc="upper right")
     return fig
 
@@ -96,7 +87,7 @@ def pareto(comparison: dict[str, Any], runs_by_group: dict[str, pd.DataFrame]) -
         ax.plot([], [], markers[width], color="black", ms=5, label=f"F = {width}")
     ax.set(xscale="log", yscale="log", xlabel="L0 (mean active latents per token, held out)",
            ylabel=comparison["metric"], title="Metric against L0 at each group's largest budget")
-    _plain_log_ticks(ax)
+    plain_ticks(ax)
     ax.legend(fontsize=7, ncol=2, loc="best")
     return fig
 
@@ -116,6 +107,7 @@ def allocation(comparison: dict[str, Any]) -> Figure:
                 label=f"{g['group']}: F_opt ∝ C^{law['exponent']:.2f}{interval}")
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel="compute-optimal F",
            title="Compute-optimal width per group")
+    plain_ticks(ax)
     ax.legend(fontsize=7)
     return fig
 
