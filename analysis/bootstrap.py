@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
+from analysis.best_lr import gap_at
 from analysis.isoflop import fit_isoflop
 from analysis.laws import Laws, derived, fit_laws, vertex_shift
 from analysis.lr_law import window_fits
@@ -118,7 +119,7 @@ def fixed_design_draws(
     fitted = np.log(laws.parametric.predict(stage1["n_features"], stage1["n_steps"]))
     # the law is at the best LR (best_lr.py); a draw's stage-1 runs are drawn at stage 1's
     # LR, and the draw's fit moves them by the gaps its own LR runs give (module docstring)
-    gap = np.log(stage1["loss"].to_numpy(dtype=float) / laws.at_best_lr(stage1)["loss"].to_numpy(dtype=float))
+    gap = gap_at(laws.lr_gaps, stage1["compute_flops"])
     scatter = run_scatter(np.log(stage1["loss"].to_numpy(dtype=float)) - gap - fitted, ids)
     lr_fitted, lr = _lr_scatter(lr_runs, scatter)
     lr_log_loss = np.log(lr_runs["loss"].to_numpy(dtype=float))
