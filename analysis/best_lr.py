@@ -14,8 +14,8 @@ runs pin down less, and every bootstrap draw measures the gaps again
 (analysis/bootstrap.py): at 16x [105.8, 155.7] against [122.7, 142.0].
 
 The gap at each LR point of the LR law is the log loss of its run at stage 1's LR minus
-the log loss at its window parabola's vertex (the parabola's value at stage 1's LR when
-no run sits there), never below 0. A stage-1 run at compute C is moved down by the gap
+the log loss at its curve's vertex (lr_law.py; the curve's value at stage 1's LR when no
+run sits there), never below 0. A stage-1 run at compute C is moved down by the gap
 interpolated in log C between the points (`gap_at`; held at the end values beyond
 them): the LR points span the stage-1 budgets (`monoscale plan-lr`), so this
 interpolates. Without LR points nothing moves, and the laws describe loss at stage 1's
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from analysis.lr_law import POINT
+from analysis.lr_law import POINT, log_loss_at
 
 # (compute_flops, gap in log loss) per LR point, by compute
 Gaps = tuple[tuple[float, float], ...]
@@ -55,7 +55,7 @@ def lr_gaps(lr_runs: pd.DataFrame, lr_optima: pd.DataFrame,
         if here.any():
             gap = float(log_loss[here].mean() - np.log(row.loss_vertex))
         else:
-            gap = float(row.curvature * np.log10(lr_stage1 / row.lr_vertex) ** 2)
+            gap = float(log_loss_at(row, lr_stage1) - np.log(row.loss_vertex))
         out.append((float(row.compute_flops), max(gap, 0.0)))
     return tuple(sorted(out))
 

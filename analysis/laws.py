@@ -136,10 +136,10 @@ def fit_laws(
     lr_optima = lr_law = None
     gaps: Gaps = ()
     if len(lr_runs):
-        lr_optima = fit_lr_optima(lr_runs)
+        lr_optima = fit_lr_optima(lr_runs, None if lr_points is None else list(lr_points))
         if lr_points is None:
             lr_points = tuple(interior_points(lr_optima))
-        lr_law = _optional(fit_lr_law, lr_runs, lr_band, list(lr_points))
+        lr_law = _optional(fit_lr_law, lr_runs, lr_band, list(lr_points), lr_optima)
         gaps = lr_gaps(lr_runs, lr_optima, lr_points, stage1_lr(stage1))
     at_best = at_best_lr(stage1, gaps)
     parametric = fit_parametric(at_best["n_features"], at_best["n_steps"], at_best["loss"], starts)

@@ -27,6 +27,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from analysis.best_lr import at_best_lr  # noqa: E402
 from analysis.isoflop import assign_budgets  # noqa: E402
 from analysis.laws import split_stages  # noqa: E402
+from analysis.lr_law import log_loss_at  # noqa: E402
 
 COMPUTE_LABEL = "training compute C (FLOPs)"
 LAW, BAND, PLAN, ACHIEVED = "tab:red", "tab:red", "black", "tab:green"
@@ -232,8 +233,9 @@ def draw_allocation(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any], which: s
 
 
 def draw_lr_curves(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any]) -> None:
-    """Loss against LR at each swept point, with the window parabola the optimum is the
-    vertex of (lr_law.py) drawn through it: the star sits on its curve."""
+    """Loss against LR at each swept point, with the curve the optimum is the vertex of
+    (lr_law.py: its window parabola, or the curve the points share) drawn through it: the
+    star sits on its curve."""
     optima = pd.DataFrame(fits.get("lr_optima", []))
     _, lr_runs = _stages(runs)
     colors = plt.cm.viridis(np.linspace(0, 0.85, max(len(optima), 1)))
@@ -243,13 +245,14 @@ def draw_lr_curves(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any]) -> None:
         ax.plot(group["lr"], group["loss"], "o", color=color, ms=4,
                 label=f"C = {plain_number(row.compute_flops)} (F={row.n_features:.0f})")
         edge = bool(row.edge)
-        if not edge and np.isfinite(row.curvature):
-            xs = np.linspace(np.log10(row.window_lr_min) - 0.05, np.log10(row.window_lr_max) + 0.05, 60)
-            curve = row.loss_vertex * np.exp(row.curvature * (xs - np.log10(row.lr_vertex)) ** 2)
-            ax.plot(10**xs, curve, "-", color=color, lw=1.5)
+        if not edge and np.isfinite(row.lr_vertex):
+            lrs = np.logspace(np.log10(row.window_lr_min) - 0.05, np.log10(row.window_lr_max) + 0.05, 80)
+            ax.plot(lrs, np.exp(log_loss_at(row, lrs)), "-", color=color, lw=1.5)
         ax.plot(row.lr_opt, row.loss_opt, "*", ms=13, mec=color if edge else "k",
                 mfc="none" if edge else color, mew=1.2 if edge else 0.5)
-    ax.plot([], [], "-", color="0.5", label="parabola over the window (log loss)")
+    shared = "curve" in optima and (optima["curve"] == "shared").any()
+    ax.plot([], [], "-", color="0.5", label="curve shared by the budgets" if shared
+            else "parabola over the window (log loss)")
     ax.plot([], [], "*", color="0.5", mec="k", mew=0.5, ms=10, label="LR_opt (open: grid's edge)")
     ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel=metric_label(fits))
 

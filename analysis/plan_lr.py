@@ -6,8 +6,8 @@ stage-1 LR.
 
 A second, refining round (`lr_refine_specs`): from the fits of the first, each point gets
 the two LRs half a grid step either side of its best sampled LR (so its window holds 5
-runs, 2 of them new, and the window parabola 2 residual degrees of freedom for the
-interval), or, where the best is on the grid's edge, half a step and a step beyond it.
+runs, 2 of them new: enough for the budgets' shared LR curve, lr_shape.py, with residual
+degrees of freedom for the interval), or, where the best is on the grid's edge, half a step and a step beyond it.
 The demo's stage 2 (3 points x 5 LRs over 2 decades) then costs 21 runs at the same
 points: 1.4x. Proposed command: `monoscale plan-lr LR_SPEC --refine FITS --out SPEC2`.
 """

@@ -34,6 +34,7 @@ from analysis.frontier import budget_frontier, pareto_frontier
 from analysis.isoflop import BUDGET_TOL_DEX, assign_budgets
 from analysis.laws import Laws, allocation_source, derived, fit_laws, split_stages
 from analysis.lr_law import WINDOW_DEX
+from analysis.lr_shape import SHAPE_WINDOW_DEX
 from analysis.parametric import HUBER_DELTA, residuals, single_threaded_blas
 from sae_core.compute import flops_per_feature_step as flops_per_feature_step_of
 from sae_core.errors import UserError
@@ -194,14 +195,20 @@ def _analyze(
     if laws.lr_law is not None and laws.lr_optima is not None:
         fits["lr_opt"] = {
             **_law(point["lr_coefficient"], point["lr_exponent"], draws, "lr_exponent",
-                   "near-optimal band" if lr_band else
-                   f"window parabola (log loss in log10 lr, within {WINDOW_DEX} dex of the best)"),
+                   "near-optimal band" if lr_band else _lr_method(laws.lr_optima)),
             "points": [{"n_features": f, "n_steps": s} for f, s in laws.lr_points],
         }
         fits["lr_optima"] = laws.lr_optima.to_dict("records")
         fits["lr_gaps"] = [{"compute_flops": c, "log_loss_gap": g} for c, g in laws.lr_gaps]
         fits["prediction"]["lr_opt"] = _value(point["target_lr"], draws.get("target_lr"))
     return to_json_safe(fits)
+
+
+def _lr_method(optima: pd.DataFrame) -> str:
+    if (optima.loc[optima["edge"] == "", "curve"] == "shared").all():
+        return (f"one curve shared by the points, shifted per point (log loss rising c |d|^p below "
+                f"and above the optimum; runs within {SHAPE_WINDOW_DEX} dex of each best)")
+    return f"window parabola (log loss in log10 lr, within {WINDOW_DEX} dex of the best)"
 
 
 def format_summary(fits: dict[str, Any]) -> str:
