@@ -28,6 +28,7 @@ from analysis.best_lr import at_best_lr  # noqa: E402
 from analysis.isoflop import assign_budgets  # noqa: E402
 from analysis.laws import split_stages  # noqa: E402
 from analysis.lr_law import log_loss_at  # noqa: E402
+from analysis.plan import parametric_from_fits  # noqa: E402
 
 COMPUTE_LABEL = "training compute C (FLOPs)"
 LAW, BAND, PLAN, ACHIEVED = "tab:red", "tab:red", "black", "tab:green"
@@ -219,6 +220,10 @@ def draw_allocation(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any], which: s
                 label=f"{law['coefficient']:.3g} C^{law['exponent']:.3f} {ci_text(law['exponent_ci95'])} "
                       f"({law['source']})")
         _power_band(ax, c, fits, which, BAND)
+    if law.get("source") != "parametric":  # the plan's allocation, where the law above is not it
+        f_opt, s_opt = parametric_from_fits(fits).optimal_allocation(c, fits["flops_per_feature_step"])
+        ax.plot(c, f_opt if which == "features" else s_opt, "--", color="0.35", lw=1.2,
+                label="parametric law's optimum (the plan's)")
     pred = fits["prediction"]
     point = pred[col]
     if point.get("value") is not None and point.get("ci95") and None not in point["ci95"]:

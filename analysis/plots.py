@@ -71,7 +71,9 @@ def allocation(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
 def lr_curves(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
     fig, axes = _figure(12, 5.2, 2)
     draw_lr_curves(axes[0], runs, fits)
-    axes[0].set_title("Loss against LR: a parabola near the best LR, its vertex LR_opt")
+    shared = any(row.get("curve") == "shared" for row in fits.get("lr_optima", []))
+    axes[0].set_title("Loss against LR: one curve shared by the budgets, its vertices LR_opt" if shared
+                      else "Loss against LR: a parabola near the best LR, its vertex LR_opt")
     draw_lr_law(axes[1], runs, fits)
     axes[1].set_title("LR_opt against compute")
     for ax in axes:
