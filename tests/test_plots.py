@@ -52,7 +52,9 @@ def test_legends_cover_no_data(figures: dict) -> None:
 
 
 def test_every_lr_star_sits_on_its_curve(figures: dict) -> None:
-    """The star (LR_opt, loss at it) is the vertex of the drawn window parabola."""
+    """The star (LR_opt, loss at it) is the vertex of the drawn curve (the budgets' shared
+    one: this protocol has a refining round)."""
+    assert all(row["curve"] == "shared" for row in figures["fits"]["lr_optima"])
     ax = figures["figs"]["lr"].axes[0]
     curves = [line for line in ax.get_lines() if line.get_linestyle() == "-" and len(line.get_xdata()) > 10]
     stars = [line for line in ax.get_lines() if line.get_marker() == "*" and len(line.get_xdata()) == 1]
@@ -86,3 +88,16 @@ def test_summary_has_the_six_panels(figures: dict) -> None:
         assert title in titles
     assert any(t.startswith("Predicted against achieved") for t in titles)
     assert fig.get_suptitle().startswith(f"{figures['fits']['n_runs']} runs: F_opt ∝ C^")
+
+
+def test_the_planned_run_sits_on_the_allocation_it_was_planned_from(figures: dict) -> None:
+    """With the IsoFLOP law as the allocation's source, the plan's F and steps come from the
+    parametric law's optimum: the allocation panels draw that too, through the star."""
+    assert figures["fits"]["features_opt"]["source"] == "isoflop"
+    for ax, key in zip(figures["figs"]["allocation"].axes, ("n_features", "n_steps"), strict=True):
+        dashed = [line for line in ax.get_lines() if line.get_label() == "parametric law's optimum (the plan's)"]
+        star = [line for line in ax.get_lines() if line.get_label() == "planned run"]
+        assert len(dashed) == len(star) == 1
+        x, y = np.log10(dashed[0].get_xdata()), np.log10(dashed[0].get_ydata())
+        at = np.interp(np.log10(star[0].get_xdata()[0]), x, y)
+        assert at == pytest.approx(np.log10(figures["plan"][key]), abs=0.01)
