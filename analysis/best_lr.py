@@ -11,7 +11,8 @@ predictions. Moved to the best LR before the fit, the same runs planned runs tha
 +1.3%, +1.4% and +1.5% (`python bench/extrapolation.py`; docs/METHOD.md §5.3). The
 intervals widen: the law at the best LR has a higher floor (E 114 against 89), which 16
 runs pin down less, and every bootstrap draw measures the gaps again
-(analysis/bootstrap.py): at 16x [105.8, 155.7] against [122.7, 142.0].
+(analysis/bootstrap.py): at 16x [105.8, 155.7] against [122.7, 142.0] then; with a
+refining round in stage 2, +1.0%, +0.7% and +0.4%, at 16x [127.6, 150.6].
 
 The gap at each LR point of the LR law is the log loss of its run at stage 1's LR minus
 the log loss at its curve's vertex (lr_law.py; the curve's value at stage 1's LR when no
