@@ -117,9 +117,10 @@ def fit_lr_optima(lr_runs: pd.DataFrame, points: list[tuple[float, float]] | Non
     fit = fit_shared([near[i][0] for i in shared], [near[i][1] for i in shared],
                      [(np.log10(rows[i]["lr_vertex"]), np.log(rows[i]["loss_vertex"])) for i in shared],
                      float(np.median([curvatures[i] for i in shared]))) if shared else None
-    for j, i in enumerate(shared if fit is not None else []):
-        rows[i].update({"lr_vertex": 10 ** fit.vertices[j], "loss_vertex": float(np.exp(fit.levels[j])),
-                        **_curve_columns(fit.shapes[j], "shared", near[i][0])})
+    if fit is not None:
+        for j, i in enumerate(shared):
+            rows[i].update({"lr_vertex": 10 ** fit.vertices[j], "loss_vertex": float(np.exp(fit.levels[j])),
+                            **_curve_columns(fit.shapes[j], "shared", near[i][0])})
     for r in rows:
         if not r["edge"]:
             r["lr_opt"], r["loss_opt"] = r["lr_vertex"], r["loss_vertex"]
@@ -135,7 +136,9 @@ def _curve_columns(shape: Shape, curve: str, log_lr: np.ndarray) -> dict[str, An
 def log_loss_at(row: Any, lr: np.ndarray | float) -> np.ndarray:
     """A point's curve (a row of fit_lr_optima, as a record or a named tuple): its log
     loss at lr."""
-    get = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
+    def get(key: str) -> float:
+        return float(row[key] if isinstance(row, dict) else getattr(row, key))
+
     shape = Shape(get("c_low"), get("p_low"), get("c_high"), get("p_high"))
     return np.log(get("loss_vertex")) + shape.rise(np.log10(lr) - np.log10(get("lr_vertex")))
 

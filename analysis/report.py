@@ -206,8 +206,8 @@ def _analyze(
 
 def _lr_method(optima: pd.DataFrame) -> str:
     if (optima.loc[optima["edge"] == "", "curve"] == "shared").all():
-        return (f"one curve shared by the points, shifted per point (log loss rising c |d|^p below "
-                f"and above the optimum; runs within {SHAPE_WINDOW_DEX} dex of each best)")
+        return (f"one curve shared by the points, shifted and scaled per point (log loss rising c |d|^p "
+                f"below and above the optimum; runs within {SHAPE_WINDOW_DEX} dex of each best)")
     return f"window parabola (log loss in log10 lr, within {WINDOW_DEX} dex of the best)"
 
 
