@@ -5,17 +5,20 @@ stage-2 runs, 3 budgets x 5 LRs over two decades) it rises ~0.26 |d|^1.45 below 
 optimum and ~0.54 d^2.55 above it (d = log10(lr / LR_opt)), and the points' curves are one
 curve shifted (0.38% rms about it). So the points share it:
 
-    log L_i(lr) = level_i + rise(log10 lr - vertex_i),
+    log L_i(lr) = level_i + s_i rise(log10 lr - vertex_i),
     rise(d) = c_low |d|^p_low for d < 0, c_high d^p_high for d >= 0,
 
-2 numbers per point and 4 for the shape, fitted by least squares to every run within
-SHAPE_WINDOW_DEX of its point's best sampled LR. A parabola through a window of the runs
-(the estimator before this one, lr_law.window_parabola) fits its three coefficients per
-point; its vertex misses an asymmetric curve's minimum by a bias that depends on where
-the grid sits, and its residuals hold that misfit as well as the runs' noise: on the
-planted protocol of tests/test_fit_coverage.py (0.3% noise) they read ~0.9%, and the
-intervals drawn from them covered 99% (the LR exponent) and 99.5% (a plan's loss) where
-95% is meant. The shared curve leaves the noise alone in its residuals.
+3 numbers per point (the first point's scale s is 1) and 4 for the shape, fitted by
+least squares to every run within SHAPE_WINDOW_DEX of its point's best sampled LR. The
+scale lets budgets whose losses differ in size rise by different log amounts (one curve
+for all, without it, put a planted parabola's optima up to 14% off in
+tests/test_fit_laws.py). A parabola through a window of the runs (the estimator before
+this one, lr_law.window_parabola) fits its three coefficients per point; its vertex
+misses an asymmetric curve's minimum by a bias that depends on where the grid sits, and
+its residuals hold that misfit as well as the runs' noise: on the planted protocol of
+tests/test_fit_coverage.py (0.3% noise) they read ~0.9%, and the intervals drawn from
+them covered 99% (the LR exponent) and 99.5% (a plan's loss) where 95% is meant. The
+shared curve leaves the noise alone in its residuals.
 
 The parabola is the shape (c, 2, c, 2), which is how lr_law reports a point fitted alone
 (too few runs for the shared curve). Every LR optimum carries its curve's five numbers, so
