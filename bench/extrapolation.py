@@ -1,10 +1,11 @@
 """How far does a plan hold? Predicted against achieved at 4x, 8x and 16x the top budget.
 
-    python bench/extrapolation.py [--storage DIR] [--multiples 4 8 16] [--draws 200]
+    python bench/extrapolation.py [--storage DIR] [--multiples 4 8 16] [--draws 200] [--no-refine]
 
 Runs the demo's stages 1 and 2 (sweeps/demo.yaml, then the stage-2 LR sweep that
-`monoscale plan-lr` writes, as `monoscale demo` does; finished runs in --storage are not
-run again), fits them, then for each multiple X plans the run at X times the largest
+`monoscale plan-lr` writes and its refining round, as `monoscale demo` does; finished
+runs in --storage are not run again, and a store that holds refining runs lends them
+to --no-refine too: give that a store of its own), fits them, then for each multiple X plans the run at X times the largest
 stage-1 budget (`monoscale plan --compute`), trains it (`monoscale submit --plan`) and
 reads predicted against achieved (`monoscale analyze --plan`). One JSON line: per
 multiple the plan (F, steps, LR), the predicted loss with its 95% PI, the achieved loss,
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.cli import main as monoscale
-from sweeps.demo import DEMO_SPEC
+from sweeps.demo import DEMO_SPEC, refining_round
 
 TARGET_REL_ERROR = 0.02
 
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--plan-lr", nargs="*", default=["--budgets=3", "--lr-span-dex=2",
                                                          "--n-lrs=5"],
                         help="the stage-2 design: plan-lr's flags (default: the demo's)")
+    parser.add_argument("--no-refine", dest="refine", action="store_false",
+                        help="stage 2 without its refining round (the demo runs one)")
     args = parser.parse_args()
     started = time.perf_counter()
     out, where = Path(args.out).resolve(), [f"--storage={args.storage}"]
@@ -58,6 +61,11 @@ def main() -> None:
     run("plan-lr", args.spec, *where, f"--fits={out / 'stage1' / 'fits.json'}", *args.plan_lr,
         f"--out={lr_spec}")
     run("submit", str(lr_spec), *where)
+    if args.refine:  # as the demo does (sweeps/demo.py)
+        run("analyze", args.spec, f"--lr-spec={lr_spec}", *where, f"--draws={args.draws}",
+            "--no-attach", f"--out={out / 'stage2-round1'}")
+        refining_round(lambda argv: run(*argv), lr_spec, out / "stage2-round1" / "fits.json",
+                       out / "stage2-refine.yaml", where)
     run("analyze", args.spec, f"--lr-spec={lr_spec}", *where, f"--draws={args.draws}",
         "--no-attach", f"--out={out / 'stage2'}")
     stage2 = json.loads(fits.read_text())
@@ -85,7 +93,7 @@ def main() -> None:
             "within_pi95": report["within_pi95"],
         })
     print(json.dumps({
-        "bench": "extrapolation", "spec": args.spec, "plan_lr": args.plan_lr,
+        "bench": "extrapolation", "spec": args.spec, "plan_lr": args.plan_lr, "refine": args.refine,
         "top_budget_flops": top, "lr_opt": stage2.get("lr_opt"),
         "features_opt": stage2.get("features_opt"), "runs": rows,
         "target": {"within_pi95": True, "max_abs_relative_error": TARGET_REL_ERROR},

@@ -8,6 +8,7 @@ refining round adds best x 10^+-0.25 at each point (plan_lr.refine_lrs).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,24 @@ def test_refine_specs_join_the_first_rounds_sweep(tmp_path: Path) -> None:
     groups = lr_refine_specs({"lr_optima": moved}, lr_spec)
     assert sorted(len(s["points"]) for s in groups) == [1, 2]
 
+
+
+def test_the_demos_refining_round_submits_each_spec_plan_lr_writes(tmp_path: Path) -> None:
+    """sweeps.demo.refining_round: one plan-lr --refine, then a submit per spec it writes
+    (two here: a point whose best moved gets its own), in the names plan-lr gives them."""
+    from sweeps.demo import refining_round
+
+    lr_spec = tmp_path / "demo-lr.yaml"
+    lr_spec.write_text(yaml.safe_dump({"name": "demo-lr", "stage": 2, "grid": {"lr": GRID},
+                                       "points": POINTS[["n_features", "n_steps"]].to_dict("records")}))
+    optima = fit_lr_optima(first_round(0)).to_dict("records")
+    optima[0]["lr_best"] = 1e-2
+    optima[0]["edge"] = "minimum at the largest lr at C=6e+11 FLOPs: add larger lr at C=6e+11 FLOPs"
+    fits = tmp_path / "fits.json"
+    fits.write_text(json.dumps({"lr_optima": optima}))
+    calls: list[list[str]] = []
+    out = tmp_path / "demo-lr-refine.yaml"
+    assert refining_round(calls.append, lr_spec, fits, out, ["--storage=S"], ["--address=A"]) == 2
+    assert calls == [["plan-lr", str(lr_spec), "--storage=S", "--refine", f"--fits={fits}", f"--out={out}"],
+                     ["submit", str(out), "--storage=S", "--address=A"],
+                     ["submit", str(tmp_path / "demo-lr-refine-2.yaml"), "--storage=S", "--address=A"]]
