@@ -102,7 +102,7 @@ def run_demo(args: argparse.Namespace, run: Callable[[Sequence[str]], int]) -> i
         step("fit stages 1 and 2", ["analyze", spec, f"--lr-spec={lr_spec}", *where, *draws,
                                     f"--out={out / 'stage2-round1'}"])
         # A finer round narrows the LR law and lets the budgets share one LR curve: on the
-        # demo's stages the LR exponent's interval went from 0.31 wide to 0.045, and plans
+        # demo's stages the LR exponent's interval went from 0.31 wide to 0.049, and plans
         # at 4x-16x landed +1.0%/+0.7%/+0.4% against +1.6%/+1.7%/+1.9% (README).
         refining_round(lambda argv: step("stage 2, the refining round", argv), lr_spec,
                        out / "stage2-round1" / "fits.json", out / "demo-lr-refine.yaml", where, ray)
