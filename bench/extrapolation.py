@@ -6,11 +6,11 @@ Runs the demo's stages 1 and 2 (sweeps/demo.yaml, then the stage-2 LR sweep that
 `monoscale plan-lr` writes and its refining round, as `monoscale demo` does; finished
 runs in --storage are not run again, and a store that holds refining runs lends them to
 --no-refine too: give that a store of its own), fits them, then for each multiple X plans
-the run at X times the largest stage-1 budget (`monoscale plan --compute`), trains it (`monoscale submit --plan`) and
-reads predicted against achieved (`monoscale analyze --plan`). One JSON line: per
-multiple the plan (F, steps, LR), the predicted loss with its 95% PI, the achieved loss,
-the relative error and whether it fell inside; and the target (every plan inside its
-interval and within 2% of its prediction).
+the run at X times the largest stage-1 budget (`monoscale plan --compute`), trains it
+(`monoscale submit --plan`) and reads predicted against achieved (`monoscale analyze
+--plan`). One JSON line: per multiple the plan (F, steps, LR), the predicted loss with its
+95% PI, the achieved loss, the relative error and whether it fell inside; and the target
+(every plan inside its interval and within 2% of its prediction).
 """
 
 from __future__ import annotations
