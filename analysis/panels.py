@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from analysis.best_lr import at_best_lr  # noqa: E402
 from analysis.isoflop import assign_budgets  # noqa: E402
@@ -53,15 +53,34 @@ def plain_number(value: float, _: Any = None) -> str:
     return f"{mantissa:.2g}e{exponent}" if round(mantissa, 2) != 1 else f"1e{exponent}"
 
 
+# Tick mantissas, coarse to fine, for log axes spanning under ~1 decade: the first set that
+# puts 4 ticks inside the axis labels it (evenly spaced ticks left a log axis's low end
+# bare: 8, 12, 16, 20 over runs at L0 4-6).
+SHORT_LOG_MANTISSAS = ((1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 6, 8),
+                       (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
+
+
+def short_log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks m x 10^k inside [lo, hi] from the coarsest of SHORT_LOG_MANTISSAS giving 4;
+    [] when even the finest gives fewer than 3 (an axis too short for them)."""
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    for mantissas in SHORT_LOG_MANTISSAS:
+        ticks = [m * 10.0**k for k in decades for m in mantissas if lo <= m * 10.0**k <= hi]
+        if len(ticks) >= 4:
+            break
+    return ticks if len(ticks) >= 3 else []
+
+
 def plain_ticks(ax: Axes) -> None:
-    """Plain-number labels on log axes: evenly spaced ticks over less than ~1 decade (where
-    a log locator labels one tick or none), 1-2-5 per decade up to 3 decades, decades (or
-    every few) beyond."""
+    """Plain-number labels on log axes: short_log_ticks over less than ~1 decade (where a
+    log locator labels one tick or none; evenly spaced ones on an axis shorter still), 1-2-5
+    per decade up to 3 decades, decades (or every few) beyond."""
     for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
         if axis.get_scale() != "log" or not (lo > 0 and hi > lo):
             continue
         decades = np.log10(hi / lo)
-        locator = (MaxNLocator(5) if decades < 1.2 else
+        short = short_log_ticks(lo, hi) if decades < 1.2 else []
+        locator = (FixedLocator(short) if short else MaxNLocator(5) if decades < 1.2 else
                    LogLocator(10, subs=(1.0, 2.0, 5.0)) if decades < 3 else
                    LogLocator(10, subs=(1.0,), numticks=8))
         axis.set_major_locator(locator)
@@ -144,8 +163,9 @@ def draw_loss_vs_compute(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any], col
     if law.get("coefficient") is not None and law["irreducible"].get("value") is not None:
         c = _compute_grid(fits, runs)
         e = law["irreducible"]["value"]
+        floor = f"{plain_number(e)} + " if plain_number(e) else ""  # no "0 +" for a floor at 0
         ax.plot(c, e + law["coefficient"] * c ** law["exponent"], "-", color=LAW, lw=1.5,
-                label=f"L(C) = {e:.3g} + {law['coefficient']:.3g} C^{law['exponent']:.3f} ({law['source']})")
+                label=f"L(C) = {floor}{plain_number(law['coefficient'])} C^{law['exponent']:.3f} ({law['source']})")
         draws = _draws(fits, "loss_irreducible", "loss_coefficient", "loss_exponent")
         _band(ax, c, draws[:, :1] + draws[:, 1:2] * c[None, :] ** draws[:, 2:], BAND)
     iso = pd.DataFrame(fits["isoflop"])
@@ -237,6 +257,11 @@ def draw_allocation(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any], which: s
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=ylabel)
 
 
+def lr_curve_shared(fits: dict[str, Any]) -> bool:
+    """Whether the LR optima are the vertices of the curve the budgets share (lr_law.py)."""
+    return any(row.get("curve") == "shared" for row in fits.get("lr_optima") or [])
+
+
 def draw_lr_curves(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any]) -> None:
     """Loss against LR at each swept point, with the curve the optimum is the vertex of
     (lr_law.py: its window parabola, or the curve the points share) drawn through it: the
@@ -255,8 +280,7 @@ def draw_lr_curves(ax: Axes, runs: pd.DataFrame, fits: dict[str, Any]) -> None:
             ax.plot(lrs, np.exp(log_loss_at(row, lrs)), "-", color=color, lw=1.5)
         ax.plot(row.lr_opt, row.loss_opt, "*", ms=13, mec=color if edge else "k",
                 mfc="none" if edge else color, mew=1.2 if edge else 0.5)
-    shared = "curve" in optima and (optima["curve"] == "shared").any()
-    ax.plot([], [], "-", color="0.5", label="curve shared by the budgets" if shared
+    ax.plot([], [], "-", color="0.5", label="curve shared by the budgets" if lr_curve_shared(fits)
             else "parabola over the window (log loss)")
     ax.plot([], [], "*", color="0.5", mec="k", mew=0.5, ms=10, label="LR_opt (open: grid's edge)")
     ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel=metric_label(fits))

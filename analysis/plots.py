@@ -26,6 +26,7 @@ from analysis.panels import (  # noqa: E402
     draw_lr_curves,
     draw_lr_law,
     draw_prediction,
+    lr_curve_shared,
     plain_ticks,
 )
 
@@ -71,8 +72,8 @@ def allocation(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
 def lr_curves(runs: pd.DataFrame, fits: dict[str, Any]) -> Figure:
     fig, axes = _figure(12, 5.2, 2)
     draw_lr_curves(axes[0], runs, fits)
-    shared = any(row.get("curve") == "shared" for row in fits.get("lr_optima", []))
-    axes[0].set_title("Loss against LR: one curve shared by the budgets, its vertices LR_opt" if shared
+    axes[0].set_title("Loss against LR: one curve shared by the budgets, its vertices LR_opt"
+                      if lr_curve_shared(fits)
                       else "Loss against LR: a parabola near the best LR, its vertex LR_opt")
     draw_lr_law(axes[1], runs, fits)
     axes[1].set_title("LR_opt against compute")

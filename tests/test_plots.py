@@ -9,7 +9,7 @@ import pytest
 from matplotlib.collections import PathCollection
 from test_fit_coverage import BATCH, D_IN, TRUTH, protocol
 
-from analysis.panels import plain_number
+from analysis.panels import plain_number, short_log_ticks
 from analysis.plan import check_plan, plan_run
 from analysis.plots import all_figures
 from analysis.report import analyze, prepare_runs
@@ -29,6 +29,16 @@ def figures() -> dict:
 def test_plain_numbers() -> None:
     assert [plain_number(v) for v in (240.0, 0.5, 3e-3, 1e-4, 6e11, 1e4, 2.6e2)] == \
         ["240", "0.5", "3e-3", "1e-4", "6e11", "10000", "260"]
+
+
+def test_a_short_log_axis_is_labelled_at_both_ends() -> None:
+    """Under a decade (L0 4-24, compute 6e11-2.5e12): 4+ ticks, one within a fifth of a
+    decade of each end, all inside; an axis too short for them gets evenly spaced ones."""
+    for lo, hi in ((4.0, 24.0), (6e11, 2.5e12), (0.04, 0.42), (450.0, 4000.0)):
+        ticks = short_log_ticks(lo, hi)
+        assert len(ticks) >= 4 and lo <= min(ticks) and max(ticks) <= hi, (lo, hi, ticks)
+        assert np.log10(min(ticks) / lo) < 0.2 and np.log10(hi / max(ticks)) < 0.2, (lo, hi, ticks)
+    assert short_log_ticks(150.0, 230.0) == []
 
 
 def test_tick_labels_are_plain_numbers(figures: dict) -> None:
